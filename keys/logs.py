@@ -1,0 +1,66 @@
+"""structlog configured once, for every process of the project.
+
+Processors run in order: context variables first, then the level and a
+timestamp, then the redaction processor that drops anything named like
+content, a key or a personnummer, then JSON (or a console renderer on a TTY).
+A log line must never carry what the broker is not allowed to store.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+#: Field names that must never reach a log line, whatever their value.
+_FORBIDDEN = re.compile(
+    r"(content|plaintext|ciphertext|personnummer|pnr|ssn|passphrase|password|secret|"
+    r"private|cek|wrapped_key|token)",
+    re.IGNORECASE,
+)
+
+#: Anything that looks like a Swedish personal identity number, in any value.
+_PNR_LIKE = re.compile(r"(?<!\d)(?:\d{2})?\d{6}[-+]?\d{4}(?!\d)")
+
+REDACTED = "[redacted]"
+
+
+def redact(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Drop forbidden fields and mask personnummer-like digits in string values."""
+    for key in list(event_dict):
+        if _FORBIDDEN.search(key):
+            event_dict[key] = REDACTED
+            continue
+        value = event_dict[key]
+        if isinstance(value, str) and _PNR_LIKE.search(value):
+            event_dict[key] = _PNR_LIKE.sub(REDACTED, value)
+    return event_dict
+
+
+def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
+    """Configure structlog for this process. Call once, at start-up."""
+    render_json = (not sys.stderr.isatty()) if json is None else json
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer()
+        if render_json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,124 @@
+"""Identifier and value types shared by the whole wire contract.
+
+Every string has a pattern or a length limit, so that a hostile peer cannot
+make any component hold unbounded data, and every datetime is timezone-aware.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated
+
+from pydantic import AfterValidator, AwareDatetime, StringConstraints
+
+#: An agency id within an area: lower-case letters, digits and hyphens.
+AgencyId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
+
+#: An area id (one Backa barnet collaboration area).
+AreaId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
+
+#: A key id: names one key pair of one agency; rotation adds a new one.
+KeyId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{4,64}$")]
+
+#: A message id: a lower-case UUID (the broker and adapters mint UUIDv7).
+MessageId = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+    ),
+]
+
+#: A child pseudonym: HMAC-SHA256 under the area pseudonym key, lower-case hex.
+ChildPseudonym = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+#: A staff id as the agency knows its own staff (never a personnummer).
+StaffId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._@-]{1,64}$")]
+
+#: A SHA-256 digest in lower-case hex.
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+#: Timezone-aware datetime; naive datetimes are refused.
+Timestamp = AwareDatetime
+
+
+def _valid_b64url(value: str) -> str:
+    try:
+        b64url_decode(value)
+    except ValueError as exc:
+        raise ValueError("not valid unpadded base64url") from exc
+    return value
+
+
+def b64url_encode(data: bytes) -> str:
+    """Encode bytes as unpadded base64url (RFC 4648 §5), as in JOSE."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Decode unpadded base64url; refuse padding, other alphabets and junk bits."""
+    if "=" in text:
+        raise ValueError("base64url must be unpadded")
+    if len(text) % 4 == 1:
+        raise ValueError("base64url has an impossible length")
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not base64url") from exc
+    # Refuse non-canonical encodings (non-zero padding bits): one value, one text.
+    if b64url_encode(data) != text:
+        raise ValueError("non-canonical base64url")
+    return data
+
+
+_B64URL = StringConstraints(pattern=r"^[A-Za-z0-9_-]*$")
+
+#: An Ed25519 public key (32 bytes), base64url.
+Ed25519PublicB64 = Annotated[
+    str, _B64URL, StringConstraints(min_length=43, max_length=43), AfterValidator(_valid_b64url)
+]
+
+#: An Ed25519 signature (64 bytes), base64url.
+SignatureB64 = Annotated[
+    str, _B64URL, StringConstraints(min_length=86, max_length=86), AfterValidator(_valid_b64url)
+]
+
+#: An HPKE ML-KEM-768+X25519 public key (1184 + 32 bytes), base64url.
+HpkePublicB64 = Annotated[
+    str, _B64URL, StringConstraints(min_length=1622, max_length=1622), AfterValidator(_valid_b64url)
+]
+
+#: An HPKE-wrapped content key (encapsulation + sealed key), base64url.
+WrappedKeyB64 = Annotated[
+    str, _B64URL, StringConstraints(min_length=1, max_length=2048), AfterValidator(_valid_b64url)
+]
+
+#: A 96-bit AES-GCM nonce, base64url.
+NonceB64 = Annotated[
+    str, _B64URL, StringConstraints(min_length=16, max_length=16), AfterValidator(_valid_b64url)
+]
+
+#: The protected header bytes of an envelope, base64url (at most 64 KiB of text).
+ProtectedB64 = Annotated[
+    str, _B64URL, StringConstraints(min_length=1, max_length=65_536), AfterValidator(_valid_b64url)
+]
+
+#: Envelope ciphertext, base64url; content is at most MAX_CONTENT_BYTES.
+CiphertextB64 = Annotated[
+    str, _B64URL, StringConstraints(min_length=22, max_length=1_400_000), AfterValidator(_valid_b64url)
+]
+
+#: A signed payload (directory entry, consent, receipt body), base64url.
+PayloadB64 = Annotated[
+    str, _B64URL, StringConstraints(min_length=1, max_length=65_536), AfterValidator(_valid_b64url)
+]
+
+#: Largest plaintext content an envelope may carry (1 MiB).
+MAX_CONTENT_BYTES = 1_048_576
+
+
+#: A short free-text line (a title, a place, a name).
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+#: A longer free-text field (a description, a reason).
+LongText = Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
