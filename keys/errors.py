@@ -34,8 +34,10 @@ class InvalidEnvelope(KeysError):  # noqa: N818 - named for what it is, like Fer
     code = "envelope_invalid"
     http_status = 400
 
-    def __init__(self) -> None:
+    def __init__(self, detail: str = "unspecified") -> None:
         super().__init__("envelope could not be verified or opened")
+        #: The precise reason, for this process's own log only; never sent to a peer.
+        self.detail = detail
 
 
 class ReplayRefused(KeysError):  # noqa: N818 - a refusal, not a fault

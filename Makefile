@@ -1,0 +1,58 @@
+# Backa broker — the two commands of the README, and the targets they use.
+#
+#   make demo   keys for the demo area, then the demo scenario (sets everything up)
+#   make test   lint, types and the whole test suite against real services
+#
+# Each target does its own set-up: the virtual environment (.venv), the
+# package with pinned versions (constraints.txt), and the services it needs.
+
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export BACKA_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
+export BACKA_TEST_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
+
+.PHONY: demo test venv rabbitmq postgres services lint typecheck pytest bench schemas lock clean
+
+demo: venv rabbitmq
+	$(BIN)/backa demo
+
+test: venv services lint typecheck pytest
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt deploy/dev/bootstrap-venv.sh
+	deploy/dev/bootstrap-venv.sh $(VENV)
+
+rabbitmq: venv
+	deploy/dev/ensure-rabbitmq.sh
+
+postgres: venv
+	deploy/dev/ensure-postgres.sh
+
+services: rabbitmq postgres
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv
+	deploy/dev/run-pytest.sh $(BIN)/pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python bench/envelope.py
+
+# Regenerate the exported JSON Schema after changing a model in schemas/.
+schemas: venv
+	$(BIN)/python -m schemas.export
+
+# Re-pin constraints.txt from what the current virtual environment resolved.
+lock: venv
+	$(BIN)/pip freeze --exclude-editable --exclude backa-broker > constraints.txt
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis var
