@@ -44,7 +44,7 @@ pytest: venv
 	deploy/dev/run-pytest.sh $(BIN)/pytest $(PYTEST_ARGS)
 
 bench: venv
-	$(BIN)/python bench/envelope.py
+	$(BIN)/python -m bench.envelope
 
 # Regenerate the exported JSON Schema after changing a model in schemas/.
 schemas: venv

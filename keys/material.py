@@ -6,12 +6,15 @@ Encodings (see docs/PROTOCOL.md, "Keys"):
 * Ed25519 public key: the 32 raw bytes (RFC 8032).
 * HPKE public key: ML-KEM-768 encapsulation key (1184 bytes, FIPS 203) followed
   by the X25519 public key (32 bytes) — 1216 bytes, the X-Wing order.
-* HPKE private key: the ML-KEM-768 seed (64 bytes, d ‖ z) followed by the
-  X25519 private key (32 bytes) — 96 bytes; only ever stored encrypted.
+* HPKE private key: the 32-byte X-Wing seed; SHAKE256(seed, 96 bytes) gives
+  the ML-KEM-768 seed (d ‖ z, 64 bytes) and the X25519 private key (32 bytes),
+  as in draft-connolly-cfrg-xwing-kem (IANA HPKE KEM id 0x647A), so an agency
+  may generate its key with any X-Wing implementation. Only stored encrypted.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
@@ -29,7 +32,7 @@ MLKEM768_PUBLIC_LEN = 1184
 MLKEM768_SEED_LEN = 64
 X25519_LEN = 32
 HPKE_PUBLIC_LEN = MLKEM768_PUBLIC_LEN + X25519_LEN
-HPKE_PRIVATE_LEN = MLKEM768_SEED_LEN + X25519_LEN
+HPKE_PRIVATE_LEN = 32  # the X-Wing seed
 ED25519_LEN = 32
 
 #: The HPKE suite of envelope suite v1: base mode, hybrid PQ KEM, HKDF-SHA256, AES-256-GCM.
@@ -47,11 +50,12 @@ class HpkeKeyPair:
 
 
 def hpke_keypair_from_private_bytes(data: bytes) -> HpkeKeyPair:
-    """Rebuild an HPKE key pair from its 96-byte private encoding."""
+    """Rebuild an HPKE key pair from its 32-byte X-Wing seed."""
     if len(data) != HPKE_PRIVATE_LEN:
         raise ValueError(f"HPKE private key must be {HPKE_PRIVATE_LEN} bytes, got {len(data)}")
-    kem_key = mlkem.MLKEM768PrivateKey.from_seed_bytes(data[:MLKEM768_SEED_LEN])
-    dh_key = x25519.X25519PrivateKey.from_private_bytes(data[MLKEM768_SEED_LEN:])
+    expanded = hashlib.shake_256(data).digest(MLKEM768_SEED_LEN + X25519_LEN)
+    kem_key = mlkem.MLKEM768PrivateKey.from_seed_bytes(expanded[:MLKEM768_SEED_LEN])
+    dh_key = x25519.X25519PrivateKey.from_private_bytes(expanded[MLKEM768_SEED_LEN:])
     private_key = MLKEM768X25519PrivateKey(kem_key, dh_key)
     public_bytes = kem_key.public_key().public_bytes_raw() + dh_key.public_key().public_bytes_raw()
     return HpkeKeyPair(
@@ -63,7 +67,7 @@ def hpke_keypair_from_private_bytes(data: bytes) -> HpkeKeyPair:
 
 
 def generate_hpke_keypair(seed: bytes) -> HpkeKeyPair:
-    """Make an HPKE key pair from 96 bytes of fresh randomness (injected, for vectors)."""
+    """Make an HPKE key pair from 32 bytes of fresh randomness (injected, for vectors)."""
     return hpke_keypair_from_private_bytes(seed)
 
 

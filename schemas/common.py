@@ -6,7 +6,6 @@ make any component hold unbounded data, and every datetime is timezone-aware.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from typing import Annotated
 
@@ -50,23 +49,41 @@ def _valid_b64url(value: str) -> str:
     return value
 
 
+_URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_URL_TO_STD = bytes.maketrans(b"-_", b"+/")
+_STD_TO_URL = bytes.maketrans(b"+/", b"-_")
+#: Bits of the last character that carry no data, by ``len(text) % 4``.
+_UNUSED_BITS = {2: 0b1111, 3: 0b11}
+
+
 def b64url_encode(data: bytes) -> str:
     """Encode bytes as unpadded base64url (RFC 4648 §5), as in JOSE."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(data, newline=False).translate(_STD_TO_URL).rstrip(b"=").decode()
 
 
 def b64url_decode(text: str) -> bytes:
-    """Decode unpadded base64url; refuse padding, other alphabets and junk bits."""
-    if "=" in text:
-        raise ValueError("base64url must be unpadded")
-    if len(text) % 4 == 1:
+    """Decode unpadded base64url; refuse padding, other alphabets and junk bits.
+
+    One value has exactly one text: non-zero unused bits in the last character
+    are refused, so an attacker cannot vary the bytes of a signed structure
+    without changing what it decodes to.
+    """
+    remainder = len(text) % 4
+    if remainder == 1:
         raise ValueError("base64url has an impossible length")
     try:
-        data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError) as exc:
+        raw = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError("base64url must be ASCII") from None
+    if b"=" in raw or b"+" in raw or b"/" in raw:
+        raise ValueError("not unpadded base64url")
+    try:
+        data = binascii.a2b_base64(
+            raw.translate(_URL_TO_STD) + b"=" * (-remainder % 4), strict_mode=True
+        )
+    except binascii.Error as exc:
         raise ValueError("not base64url") from exc
-    # Refuse non-canonical encodings (non-zero padding bits): one value, one text.
-    if b64url_encode(data) != text:
+    if remainder and _URL_ALPHABET.index(text[-1]) & _UNUSED_BITS[remainder]:
         raise ValueError("non-canonical base64url")
     return data
 

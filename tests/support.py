@@ -45,7 +45,7 @@ class Agency:
             agency=agency,
             kid=kid,
             signing=ed25519_from_seed(det_bytes(f"{agency}/{kid}/sign", 32)),
-            hpke=generate_hpke_keypair(det_bytes(f"{agency}/{kid}/hpke", 96)),
+            hpke=generate_hpke_keypair(det_bytes(f"{agency}/{kid}/hpke", 32)),
         )
 
     @property

@@ -133,3 +133,12 @@ def test_recorded_envelope_opens_for_each_recipient(index: int) -> None:
     )
     assert opened.content.decode() == VECTOR["content_utf8"]
     assert opened.verified.digest == VECTOR["digest_hex"]
+
+
+def test_hpke_private_encoding_is_the_x_wing_seed() -> None:
+    """Our 32-byte HPKE private key expands exactly as X-Wing's (IETF draft vector)."""
+    vector = json.loads(
+        (Path(__file__).parent / "vectors" / "xwing-draft-08.json").read_text(encoding="utf-8")
+    )
+    pair = hpke_keypair_from_private_bytes(bytes.fromhex(vector["sk_seed_hex"]))
+    assert pair.public_bytes.hex() == vector["pk_hex"]
