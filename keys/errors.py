@@ -2,13 +2,17 @@
 
 ::
 
-    KeysError (code, http_status)
-    ├── InvalidEnvelope        envelope_invalid   400  opaque: no detail outward
-    ├── ReplayRefused          replayed | too_old | from_future | expired   409
-    ├── PersonnummerError      personnummer_invalid  422  says what is wrong
-    ├── KeyStoreError          key_store          500  missing file, wrong passphrase
-    ├── AreaConfigError        area_config        500  names the file and field
-    └── DirectoryError         directory_invalid  400  an entry failed to verify
+    KeysError                  code                  http  meaning
+    ├── InvalidEnvelope        envelope_invalid      400   opaque: no detail outward
+    ├── ReplayRefused          replay_refused        409   .reason: replayed, too_old,
+    │                                                      from_future or expired
+    ├── ReplayStoreFull        replay_store_full     503   keys.replay: full, will not forget
+    ├── CertificateRoleError   certificate_role      403   keys.ca: no or ambiguous role
+    ├── CertificateRequestError certificate_request  400   keys.ca: must not be issued
+    ├── PersonnummerError      personnummer_invalid  422   says what is wrong
+    ├── KeyStoreError          key_store             500   missing file, wrong passphrase
+    ├── AreaConfigError        area_config           500   names the file and field
+    └── DirectoryError         directory_invalid     400   an entry failed to verify
 
 Crypto failures are deliberately one opaque error (``InvalidEnvelope``) with a
 fixed message: whether the signature, the key wrap, the content tag or the
@@ -43,6 +47,7 @@ class InvalidEnvelope(KeysError):  # noqa: N818 - named for what it is, like Fer
 class ReplayRefused(KeysError):  # noqa: N818 - a refusal, not a fault
     """A message id was seen before, or its times fall outside the clock window."""
 
+    code = "replay_refused"
     http_status = 409
 
     def __init__(self, code: str, message: str) -> None:
