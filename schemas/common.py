@@ -122,7 +122,10 @@ ProtectedB64 = Annotated[
 
 #: Envelope ciphertext, base64url; content is at most MAX_CONTENT_BYTES.
 CiphertextB64 = Annotated[
-    str, _B64URL, StringConstraints(min_length=22, max_length=1_400_000), AfterValidator(_valid_b64url)
+    str,
+    _B64URL,
+    StringConstraints(min_length=22, max_length=1_400_000),
+    AfterValidator(_valid_b64url),
 ]
 
 #: A signed payload (directory entry, consent, receipt body), base64url.

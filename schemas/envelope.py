@@ -16,8 +16,8 @@ from pydantic import Field, StringConstraints, model_validator
 from schemas._base import WireModel
 from schemas.common import (
     AgencyId,
-    CiphertextB64,
     ChildPseudonym,
+    CiphertextB64,
     KeyId,
     MessageId,
     NonceB64,

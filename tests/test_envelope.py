@@ -16,7 +16,8 @@ from keys.envelope import (
     signature_input,
     verify,
 )
-from keys.errors import InvalidEnvelope
+from keys.errors import InvalidEnvelope, ReplayRefused
+from keys.replay import MemorySeenIds, ReplayGuard
 from schemas.common import MAX_CONTENT_BYTES, b64url_decode, b64url_encode
 from schemas.envelope import ConsentBasis, Envelope, Kind, LegalBasis, Purpose
 from tests.support import CHILD, EXPIRES, T0, Agency, MemoryDirectory
@@ -261,3 +262,35 @@ def test_message_ids_are_uuid7_and_unique() -> None:
     for message_id in ids:
         assert message_id[14] == "7"
         assert int(message_id.replace("-", "")[:12], 16) == int(T0.timestamp() * 1000)
+
+
+@settings(max_examples=30, deadline=None)
+@given(order=st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=20))
+def test_replays_are_refused(order: list[int]) -> None:
+    """Delivering envelopes in any order with repeats accepts each message id exactly once."""
+    envelopes = [_seal(f"message {i}".encode(), POOL[:1]).wire for i in range(5)]
+    guard = ReplayGuard(MemorySeenIds(clock=lambda: T0))
+    accepted: list[int] = []
+    for index in order:
+        header = verify(envelopes[index], keys=DIRECTORY, now=T0).header
+        try:
+            guard.check_and_remember(
+                header.id, created=header.created, expires=header.expires, now=T0
+            )
+        except ReplayRefused as refused:
+            assert refused.reason == "replayed"
+            assert index in accepted
+        else:
+            accepted.append(index)
+    assert sorted(accepted) == sorted(set(order))
+
+
+def test_a_stale_envelope_is_refused_even_when_unseen() -> None:
+    """An envelope older than the clock window is refused although its id is new."""
+    header = _seal(b"old", POOL[:1]).header
+    guard = ReplayGuard(MemorySeenIds(clock=lambda: T0))
+    with pytest.raises(ReplayRefused) as caught:
+        guard.check_and_remember(
+            header.id, created=header.created, expires=header.expires, now=T0 + timedelta(days=8)
+        )
+    assert caught.value.reason == "too_old"
