@@ -111,8 +111,10 @@ def main() -> None:
     print(f"  anchor: bare HPKE encrypt+decrypt     {anchor:10.0f} /s")
     for name, value in figures.items():
         print(f"  {name:36s} {value:10.0f} /s   ratio to anchor {value / anchor:5.2f}")
-    print(f"  seal+open, 1 recipient               {roundtrip_1:10.0f} /s   "
-          f"ratio to anchor {roundtrip_1 / anchor:5.2f}")
+    print(
+        f"  seal+open, 1 recipient               {roundtrip_1:10.0f} /s   "
+        f"ratio to anchor {roundtrip_1 / anchor:5.2f}"
+    )
 
     result = {
         "bench": "envelope",

@@ -195,7 +195,9 @@ def seal(
             agency=r.agency,
             kid=r.kid,
             wrapped_key=b64url_encode(
-                HPKE_SUITE.encrypt(cek, r.public_key, info=wrap_info(msg_id, party, r.agency, r.kid))
+                HPKE_SUITE.encrypt(
+                    cek, r.public_key, info=wrap_info(msg_id, party, r.agency, r.kid)
+                )
             ),
         )
         for r in recipients

@@ -12,7 +12,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -43,9 +43,16 @@ def redact(
     return event_dict
 
 
-def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
-    """Configure structlog for this process. Call once, at start-up."""
-    render_json = (not sys.stderr.isatty()) if json is None else json
+def configure(
+    *, json: bool | None = None, level: int = logging.INFO, stream: TextIO | None = None
+) -> None:
+    """Configure structlog for this process. Call once, at start-up.
+
+    Logs go to ``stream`` (standard error by default), as JSON unless the
+    stream is a terminal.
+    """
+    out = sys.stderr if stream is None else stream
+    render_json = (not out.isatty()) if json is None else json
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if render_json
@@ -61,6 +68,6 @@ def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )

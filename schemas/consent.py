@@ -23,6 +23,7 @@ from schemas._base import WireModel
 from schemas.common import (
     AgencyId,
     ChildPseudonym,
+    KeyId,
     MessageId,
     PayloadB64,
     Sha256Hex,
@@ -57,9 +58,14 @@ class ChildView(WireModel):
 
 
 class Registrar(WireModel):
-    """The agency and the member of staff who registered or revoked a consent."""
+    """The agency, its signing key id and the member of staff who registered or revoked.
+
+    The key id names the directory entry whose key signed the record, so a
+    verifier needs nothing but the record and the directory.
+    """
 
     agency: AgencyId
+    kid: KeyId
     staff_id: StaffId
 
 

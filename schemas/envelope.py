@@ -9,7 +9,7 @@ The broker routes on the header only; it never sees content.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
@@ -28,7 +28,7 @@ from schemas.common import (
 )
 
 #: Envelope format version carried in every header.
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION: Final = 1
 
 #: Most recipients one envelope may name.
 MAX_RECIPIENTS = 32

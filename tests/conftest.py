@@ -26,7 +26,7 @@ async def _wait_for_amqp(url: str) -> None:
     while True:
         try:
             connection = await aio_pika.connect(url, timeout=5)
-        except (OSError, aio_pika.exceptions.AMQPError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
             if time.monotonic() > deadline:
                 pytest.fail(
                     f"RabbitMQ does not answer at {url} after {SERVICE_WAIT_S:.0f} s ({exc!r}); "

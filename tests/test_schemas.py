@@ -94,7 +94,7 @@ CONSENT: dict[str, Any] = {
     ],
     "joint_custody": True,
     "child_view": {"consented": True, "age": 13, "assessed_mature": True},
-    "registered_by": {"agency": "skola", "staff_id": "anna.k"},
+    "registered_by": {"agency": "skola", "kid": "k2026", "staff_id": "anna.k"},
     "parties": [{"agency": "skola"}, {"agency": "soc"}, {"agency_type": "bup"}],
     "purposes": ["team", "plan"],
     "valid_from": "2026-11-01T00:00:00+01:00",
@@ -106,7 +106,7 @@ REVOCATION: dict[str, Any] = {
     "consent_id": MID,
     "revoked_at": "2027-02-01T08:30:00+01:00",
     "reason": "guardian_withdrew",
-    "by": {"agency": "soc", "staff_id": "handlaggare-7"},
+    "by": {"agency": "soc", "kid": "k2026", "staff_id": "handlaggare-7"},
 }
 
 #: One valid example of every exported model, keyed as in ``schemas.export.MODELS``.

@@ -37,9 +37,9 @@ async def _postgres(url: str) -> None:
         await connection.close()
 
 
-async def _wait(kind: str, url: str, timeout: float, quiet: bool) -> bool:
+async def _wait(kind: str, url: str, wait_s: float, quiet: bool) -> bool:
     probe = _amqp if kind == "amqp" else _postgres
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_s
     last = ""
     while True:
         try:

@@ -65,7 +65,9 @@ def build() -> dict[str, object]:
             "agency": sender.agency,
             "kid": sender.kid,
             "ed25519_seed_hex": det_bytes(f"{sender.agency}/{sender.kid}/sign", 32).hex(),
-            "ed25519_public_b64url": b64url_encode(ed25519_public_bytes(sender.signing.public_key())),
+            "ed25519_public_b64url": b64url_encode(
+                ed25519_public_bytes(sender.signing.public_key())
+            ),
         },
         "recipients": [
             {
