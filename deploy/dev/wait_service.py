@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 from urllib.parse import urlsplit
@@ -62,6 +63,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
+    # aiormq logs every refused connection attempt; the last error is printed once below.
+    for name in ("aio_pika", "aiormq"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     if args.kind == "is-local":
         return 0 if (urlsplit(args.url).hostname or "") in _LOCAL else 1
     return 0 if asyncio.run(_wait(args.kind, args.url, args.timeout, args.quiet)) else 1
