@@ -86,9 +86,20 @@ class ReasonCode(StrEnum):
     POLICY_UNAVAILABLE = "policy_unavailable"
     # A fault on the broker's side; the detail is in the broker's log only.
     INTERNAL_ERROR = "internal_error"
+    # A receipt names a message the broker never accepted.
+    UNKNOWN_MESSAGE = "unknown_message"
+    # A receipt does not match its message: wrong digest, or its signer is not a recipient.
+    RECEIPT_MISMATCH = "receipt_mismatch"
 
 
 REASON_TEXT: dict[ReasonCode, str] = {
+    ReasonCode.UNKNOWN_MESSAGE: (
+        "The receipt names a message the broker has not accepted; check the message id."
+    ),
+    ReasonCode.RECEIPT_MISMATCH: (
+        "The receipt does not match the message: only a recipient may acknowledge it, "
+        "and only with the digest of the envelope it received."
+    ),
     ReasonCode.ENVELOPE_INVALID: (
         "The envelope could not be verified or decrypted; check the signing key, "
         "the recipient keys and the encoding, and send it again."

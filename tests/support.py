@@ -7,14 +7,23 @@ envelope tests; the real, signed directory is tested in test_directory.py.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from keys.directory import Directory, sign_entry
 from keys.envelope import OpeningKey, RecipientKeys, SenderKey
 from keys.lookup import SealingKey
-from keys.material import HpkeKeyPair, ed25519_from_seed, generate_hpke_keypair
+from keys.material import (
+    HpkeKeyPair,
+    ed25519_from_seed,
+    ed25519_public_bytes,
+    generate_hpke_keypair,
+)
+from schemas.common import b64url_encode
+from schemas.directory import AgencyType, DirectoryBundle, DirectoryEntry
 
 T0 = datetime(2026, 11, 25, 9, 30, tzinfo=UTC)
 
@@ -97,3 +106,41 @@ class MemoryDirectory:
 
 CHILD = hashlib.sha256(b"test child").hexdigest()
 EXPIRES = T0 + timedelta(days=30)
+
+
+ROOT = ed25519_from_seed(det_bytes("test-area-root", 32))
+TEST_AREA = "test-area"
+
+
+def signed_directory(
+    agencies: list[tuple[Agency, AgencyType]], *, at: datetime = T0 - timedelta(days=1)
+) -> Directory:
+    """A real, root-signed Directory of the given agencies, their keys valid from ``at``."""
+    entries = []
+    for agency, kind in agencies:
+        entry = DirectoryEntry.model_validate_json(
+            json.dumps(
+                {
+                    "area": TEST_AREA,
+                    "agency": agency.agency,
+                    "name": agency.agency,
+                    "agency_type": kind.value,
+                    "kid": agency.kid,
+                    "signing_key": b64url_encode(ed25519_public_bytes(agency.signing.public_key())),
+                    "encryption_key": (
+                        None
+                        if kind is AgencyType.BROKER
+                        else b64url_encode(agency.hpke.public_bytes)
+                    ),
+                    "valid_from": at.isoformat(),
+                    "issued_at": at.isoformat(),
+                }
+            )
+        )
+        entries.append(sign_entry(entry, ROOT))
+    bundle = DirectoryBundle(
+        area=TEST_AREA,
+        root_key=b64url_encode(ed25519_public_bytes(ROOT.public_key())),
+        entries=entries,
+    )
+    return Directory(bundle, ROOT.public_key())

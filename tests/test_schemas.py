@@ -890,6 +890,7 @@ PUBLISHED_REASON_CODES = {
     "consent_scope_purpose", "consent_child_mismatch", "basis_not_allowed_for_kind",
     "recipient_type_not_allowed", "sender_type_not_allowed", "condition_not_met",
     "delivery_limit", "undeliverable", "not_opened", "policy_unavailable", "internal_error",
+    "unknown_message", "receipt_mismatch",
 }  # fmt: skip
 
 

@@ -1,0 +1,57 @@
+"""The broker's settings: one typed object, read once from the environment.
+
+Every variable starts with ``BACKA_``; a bad value stops the broker at start
+with a message that names the variable. Secrets (the AMQP URL carries a
+password) are ``SecretStr`` and never logged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from broker.pipeline import DEFAULT_MAX_BYTES
+
+
+class BrokerSettings(BaseSettings):
+    """Everything ``backa broker serve`` needs to know."""
+
+    model_config = SettingsConfigDict(env_prefix="BACKA_", extra="ignore", frozen=True)
+
+    #: RabbitMQ, as the broker's own user (``backa broker provision`` creates it).
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    #: SQLite by default (one file, zero set-up); postgresql+asyncpg://… for production.
+    database_url: SecretStr = SecretStr("sqlite+aiosqlite:///var/broker.db")
+    #: The area's key directory (made by ``backa keys init``).
+    area_dir: Path = Path("var/area-keys")
+    #: The allow-list used until the consent policy engine exists (issue #4).
+    policy_file: Path = Path("deploy/policy/explicit.toml")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8443, ge=0, le=65535)
+    #: Serve HTTP without TLS: only for tests on loopback; never in production.
+    http_insecure: bool = False
+    max_message_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1024, le=16_000_000)
+    #: Ingress messages processed at once.
+    prefetch: int = Field(default=64, ge=1, le=10_000)
+    #: Seconds to finish in-flight messages after SIGTERM before giving up.
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("amqp://", "amqps://")):
+            raise ValueError("BACKA_AMQP_URL must start with amqp:// or amqps://")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(
+            ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+        ):
+            raise ValueError(
+                "BACKA_DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        return value
