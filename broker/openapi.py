@@ -1,0 +1,356 @@
+"""The broker HTTP API's contract: its routes, response models and OpenAPI 3.1 document.
+
+Pure: pydantic models and plain dicts, no aiohttp, so the contract can be
+built, exported and checked without a server. ``broker.http`` serves exactly
+these routes and serialises exactly these models; :func:`build_openapi`
+describes them, with every component schema generated from the models
+(pydantic emits JSON Schema 2020-12, which OpenAPI 3.1 uses as it is).
+
+The response models never carry message content, a key other than the public
+directory keys, the child pseudonym or a personnummer: a timeline is the
+signed header's routing metadata and the status events, nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic.json_schema import models_json_schema
+
+from broker.records import MessageRecord, Outcome, StatusEvent
+from broker.status import RecipientState
+from schemas.common import MessageId
+from schemas.directory import DirectoryBundle
+
+__all__ = [
+    "API_VERSION",
+    "MESSAGE_ID_PATTERN",
+    "PATH_DIRECTORY",
+    "PATH_HEALTH",
+    "PATH_METRICS",
+    "PATH_OPENAPI",
+    "PATH_READY",
+    "PATH_TIMELINE",
+    "DirectoryResponse",
+    "ErrorDetail",
+    "ErrorResponse",
+    "EventOut",
+    "HealthResponse",
+    "MessageOut",
+    "ProbeResult",
+    "ReadinessResponse",
+    "RecipientStateOut",
+    "TimelineResponse",
+    "build_openapi",
+]
+
+API_VERSION: Final = "1.0.0"
+
+PATH_DIRECTORY: Final = "/v1/directory"
+PATH_TIMELINE: Final = "/v1/messages/{message_id}"
+PATH_HEALTH: Final = "/healthz"
+PATH_READY: Final = "/readyz"
+PATH_METRICS: Final = "/metrics"
+PATH_OPENAPI: Final = "/openapi.json"
+
+#: The same pattern as ``schemas.common.MessageId``: a lower-case UUID.
+MESSAGE_ID_PATTERN: Final = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+#: The directory is served as a bundle: the client builds
+#: ``keys.directory.Directory(bundle, pinned_root)`` from it and so verifies every
+#: entry against the root it pinned, never against ``root_key`` in the response.
+DirectoryResponse = DirectoryBundle
+
+ProbeResult = Literal["ok", "failed", "timeout"]
+
+
+class _Out(BaseModel):
+    """Base of the response models: closed and immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ErrorDetail(_Out):
+    """A stable machine code (see ``broker.errors``) and a sentence for people."""
+
+    code: str
+    message: str
+
+
+class ErrorResponse(_Out):
+    """The body of every failing response."""
+
+    error: ErrorDetail
+
+
+class HealthResponse(_Out):
+    """The process is alive; ``time`` is the broker's clock, to spot a skewed client."""
+
+    status: Literal["ok"]
+    time: AwareDatetime
+
+
+class ReadinessResponse(_Out):
+    """Whether every dependency answered, and each one's result by name."""
+
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, ProbeResult]
+
+
+class MessageOut(_Out):
+    """A message's routing metadata and the broker's decision on it (never its content)."""
+
+    id: MessageId
+    kind: str
+    sender: str
+    recipients: list[str]
+    outcome: Outcome
+    reason: str | None
+    created: AwareDatetime
+    expires: AwareDatetime
+
+    @classmethod
+    def of(cls, record: MessageRecord) -> MessageOut:
+        """The public view of a stored record."""
+        return cls(
+            id=record.message_id,
+            kind=record.kind,
+            sender=record.sender,
+            recipients=list(record.recipients),
+            outcome=record.outcome,
+            reason=record.reason,
+            created=record.created,
+            expires=record.expires,
+        )
+
+
+class EventOut(_Out):
+    """One status event; ``agency`` is None for a message-level event (accepted, rejected)."""
+
+    status: str
+    agency: str | None
+    at: AwareDatetime
+    signer: str
+    reason: str | None
+    answer: str | None
+    decline_reason: str | None
+
+    @classmethod
+    def of(cls, event: StatusEvent) -> EventOut:
+        """The public view of a stored event (no staff id, no receipt id)."""
+        return cls(
+            status=event.status,
+            agency=event.agency,
+            at=event.at,
+            signer=event.signer,
+            reason=event.reason,
+            answer=event.answer,
+            decline_reason=event.decline_reason,
+        )
+
+
+class RecipientStateOut(_Out):
+    """One recipient's derived state: the furthest point its events prove."""
+
+    agency: str
+    state: str
+    answer: str | None
+
+    @classmethod
+    def of(cls, state: RecipientState) -> RecipientStateOut:
+        """The public view of a derived state."""
+        return cls(agency=state.agency, state=state.state, answer=state.answer)
+
+
+class TimelineResponse(_Out):
+    """A message, its status events oldest first, and each recipient's derived state."""
+
+    message: MessageOut
+    events: list[EventOut]
+    recipients: list[RecipientStateOut]
+
+
+_MODELS: Final[Sequence[type[BaseModel]]] = (
+    DirectoryResponse,
+    ErrorResponse,
+    HealthResponse,
+    ReadinessResponse,
+    TimelineResponse,
+)
+
+_REF: Final = "#/components/schemas/{model}"
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_REF.format(model="ErrorResponse"), description)
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    description: str,
+    ok: dict[str, Any],
+    errors: dict[str, str],
+    *,
+    tag: str,
+    parameters: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": ok}
+    responses["401"] = _error("No verified client certificate reached the application.")
+    for status, text in errors.items():
+        responses[status] = _error(text)
+    responses["500"] = _error("A fault on the broker's side; the detail is in its log only.")
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "description": description,
+        "tags": [tag],
+        "responses": dict(sorted(responses.items())),
+    }
+    if parameters:
+        operation["parameters"] = parameters
+    return operation
+
+
+def _readiness(schema_ref: str) -> dict[str, Any]:
+    operation = _operation(
+        "getReadiness",
+        "Readiness",
+        "Runs every readiness probe (database, RabbitMQ) with a timeout and names each "
+        "one's result, never an exception text. Any role.",
+        _json(schema_ref, "Every probe answered."),
+        {},
+        tag="operations",
+    )
+    # Not the error body: a monitor wants to see which probe failed.
+    operation["responses"]["503"] = _json(schema_ref, "A probe failed or timed out.")
+    operation["responses"] = dict(sorted(operation["responses"].items()))
+    return operation
+
+
+def build_openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1.0 document of the broker's HTTP API."""
+    refs, schema = models_json_schema([(m, "serialization") for m in _MODELS], ref_template=_REF)
+    components = dict(sorted(schema.get("$defs", {}).items()))
+
+    def ref(model: type[BaseModel]) -> str:
+        return str(refs[(model, "serialization")]["$ref"])
+
+    message_id = {
+        "name": "message_id",
+        "in": "path",
+        "required": True,
+        "description": "The message id from the envelope's signed header (a lower-case UUID).",
+        "schema": {"type": "string", "pattern": MESSAGE_ID_PATTERN},
+    }
+    paths: dict[str, Any] = {
+        PATH_DIRECTORY: {
+            "get": _operation(
+                "getDirectory",
+                "Every signed directory entry of the area",
+                "The area's directory as a bundle of root-signed entries. Verify every "
+                "entry against the area root you pinned out of band; root_key in the "
+                "response only says which root the broker holds. Any role may read it.",
+                _json(ref(DirectoryResponse), "The signed directory."),
+                {},
+                tag="directory",
+            )
+        },
+        PATH_TIMELINE: {
+            "get": _operation(
+                "getMessageTimeline",
+                "A message's status timeline",
+                "The message's metadata, its status events and each recipient's derived "
+                "state. An adapter may read a message its agency sent or receives; a "
+                "recipient that is not the sender sees message-level events and its own "
+                "copy only. Security officers and operators may read any message. Anyone "
+                "else gets 404, exactly as for an unknown id.",
+                _json(ref(TimelineResponse), "The timeline."),
+                {
+                    "400": "The id is not a lower-case UUID.",
+                    "404": "No such message, or not one this certificate may see.",
+                    "503": "The store cannot be reached.",
+                },
+                tag="messages",
+                parameters=[message_id],
+            )
+        },
+        PATH_HEALTH: {
+            "get": _operation(
+                "getHealth",
+                "Liveness",
+                "The process answers; no dependency is checked. Any role.",
+                _json(ref(HealthResponse), "Alive."),
+                {},
+                tag="operations",
+            )
+        },
+        PATH_READY: {"get": _readiness(ref(ReadinessResponse))},
+        PATH_METRICS: {
+            "get": _operation(
+                "getMetrics",
+                "Prometheus metrics",
+                "Counters, latency and queue depths in the Prometheus text format. "
+                "Operators and security officers only.",
+                {
+                    "description": "The metrics.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                {"403": "The certificate's role is not operator or security_officer."},
+                tag="operations",
+            )
+        },
+        PATH_OPENAPI: {
+            "get": _operation(
+                "getOpenApi",
+                "This document",
+                "The OpenAPI 3.1 description of the API. Any role.",
+                {
+                    "description": "The OpenAPI document.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                {},
+                tag="operations",
+            )
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Backa broker",
+            "version": API_VERSION,
+            "description": (
+                "The HTTP API of the Backa barnet messaging broker. Every request needs a "
+                "client certificate from the area CA (mutual TLS); the certificate's SAN "
+                "URIs name the holder's role and agency. The broker never sees or serves "
+                "message content."
+            ),
+        },
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "servers": [{"url": "/"}],
+        "security": [{"areaMutualTLS": []}],
+        "tags": [
+            {"name": "directory", "description": "The area's signed directory."},
+            {"name": "messages", "description": "Message status."},
+            {"name": "operations", "description": "Health, readiness, metrics, this document."},
+        ],
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "areaMutualTLS": {
+                    "type": "mutualTLS",
+                    "description": (
+                        "A client certificate issued by the area CA, carrying "
+                        "urn:backa:role:<role> and, for adapters, urn:backa:agency:<id>."
+                    ),
+                }
+            },
+        },
+    }
