@@ -49,7 +49,6 @@ from typing import Final, Protocol
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel
 
 from broker.errors import (
@@ -83,8 +82,7 @@ from broker.openapi import (
 from broker.records import MessageRecord, StatusEvent, Store
 from broker.status import RecipientState, derive
 from keys.ca import CertificateRoleError, PeerIdentity, Role, peer_identity_from_der
-from keys.directory import Directory, verify_entry
-from schemas.directory import DirectoryBundle, SignedDirectoryEntry
+from schemas.directory import SignedDirectoryEntry
 
 __all__ = [
     "CLOCK",
@@ -96,7 +94,6 @@ __all__ = [
     "STORE",
     "Probe",
     "ServedDirectory",
-    "VerifiedBundle",
     "create_app",
     "serve_http",
 ]
@@ -123,41 +120,6 @@ class ServedDirectory(Protocol):
     def signed_entries(self) -> Sequence[SignedDirectoryEntry]:
         """Every winning entry in its root-signed form, as the root signed it."""
         ...
-
-
-class VerifiedBundle:
-    """A bundle verified into a :class:`~keys.directory.Directory`, keeping its signed form.
-
-    ``Directory`` keeps only the verified entries, not the signatures a client
-    needs to check them itself; this keeps both. It serves the winning entry
-    of each (agency, kid), exactly the ones the directory holds.
-    """
-
-    def __init__(self, bundle: DirectoryBundle, root_public: Ed25519PublicKey) -> None:
-        """Verify ``bundle`` against the pinned ``root_public`` (DirectoryError if it fails)."""
-        self.directory = Directory(bundle, root_public)
-        winners = {(e.agency, e.kid): e for e in self.directory.entries()}
-        chosen: dict[tuple[str, str], SignedDirectoryEntry] = {}
-        for signed in bundle.entries:
-            entry = verify_entry(signed, root_public)
-            key = (entry.agency, entry.kid)
-            if key not in chosen and winners.get(key) == entry:
-                chosen[key] = signed
-        self._signed = [chosen[k] for k in sorted(chosen)]
-
-    @property
-    def area(self) -> str:
-        """The area id."""
-        return self.directory.area
-
-    @property
-    def root_key(self) -> str:
-        """The pinned area root public key, base64url."""
-        return self.directory.root_key
-
-    def signed_entries(self) -> Sequence[SignedDirectoryEntry]:
-        """The winning entries as the root signed them, ordered by agency and key id."""
-        return list(self._signed)
 
 
 STORE: Final = web.AppKey[Store]("store")

@@ -121,6 +121,7 @@ class _Held:
     entry: DirectoryEntry
     signing_key: Ed25519PublicKey
     encryption_key: MLKEM768X25519PublicKey | None
+    signed: SignedDirectoryEntry | None = None  # as the root signed it, to serve it on
 
 
 def _claimed(signed: SignedDirectoryEntry) -> str:
@@ -152,7 +153,8 @@ def _verify_in_bundle(
     entry = verify_entry(signed, root_public)
     if entry.area != area:
         raise DirectoryError(f"entry is for area {entry.area!r}, not the bundle's {area!r}")
-    return _parse_keys(entry)
+    parsed = _parse_keys(entry)
+    return _Held(parsed.entry, parsed.signing_key, parsed.encryption_key, signed)
 
 
 def _merge(held: dict[tuple[str, str], _Held], item: _Held) -> None:
@@ -277,6 +279,14 @@ class Directory:
     def entries(self) -> list[DirectoryEntry]:
         """Every winning verified entry, ordered by agency and then key id."""
         return [self._held[k].entry for k in sorted(self._held)]
+
+    def signed_entries(self) -> list[SignedDirectoryEntry]:
+        """Every winning entry as the root signed it, ordered by agency and key id.
+
+        What a directory server hands on, so that each client verifies the
+        entries itself against the root it pinned.
+        """
+        return [item.signed for k in sorted(self._held) if (item := self._held[k]).signed]
 
     def agencies(self) -> list[str]:
         """Every agency id with an entry, the broker's included, sorted."""

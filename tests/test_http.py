@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from structlog.testing import capture_logs
 
 from broker.errors import Unavailable
-from broker.http import VerifiedBundle, create_app, serve_http
+from broker.http import create_app, serve_http
 from broker.metrics import Metrics
 from broker.openapi import build_openapi
 from broker.records import MessageRecord, Outcome, Recorded, StatusEvent
@@ -234,9 +234,9 @@ class Pki:
             passphrase=None,
         )
 
-    def bundle(self) -> VerifiedBundle:
+    def bundle(self) -> Directory:
         """The area's directory, verified against the root pinned in public/root.pub."""
-        return VerifiedBundle(load_bundle(self.layout.directory_file), self.root_public())
+        return Directory(load_bundle(self.layout.directory_file), self.root_public())
 
     def root_public(self) -> Ed25519PublicKey:
         """The pinned area root public key."""
@@ -780,12 +780,12 @@ async def test_directory_entries_verify_against_the_pinned_root(running: Running
     assert Directory(bundle, pinned).agencies() == sorted(expected)
 
 
-def test_verified_bundle_serves_each_entry_once(pki: Pki) -> None:
+def test_directory_serves_each_entry_once(pki: Pki) -> None:
     """An entry the bundle holds twice is served once, exactly as the root signed it."""
     bundle = load_bundle(pki.layout.directory_file)
     duplicated = DirectoryBundle(
         area=bundle.area, root_key=bundle.root_key, entries=[*bundle.entries, *bundle.entries]
     )
-    served = VerifiedBundle(duplicated, pki.root_public())
+    served = Directory(duplicated, pki.root_public())
     assert len(served.signed_entries()) == len(bundle.entries)
     assert set(served.signed_entries()) <= set(bundle.entries)
