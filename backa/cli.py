@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from backa.demo import DemoSettings, run
+from broker.cli import app as broker_app
 from keys import logs
 from keys.cli import app as keys_app
 
@@ -39,6 +40,7 @@ app = typer.Typer(
 
 # One line per group; later groups (broker, adapter, audit) are added here.
 app.add_typer(keys_app, name="keys")
+app.add_typer(broker_app, name="broker")
 
 
 @app.command()

@@ -31,6 +31,13 @@ PURE = [
     "keys/replay.py",
     "keys/signed.py",
     "keys/directory.py",
+    "broker/topology.py",
+    "broker/definitions.py",
+    "broker/pipeline.py",
+    "broker/policy.py",
+    "broker/status.py",
+    "broker/records.py",
+    "broker/receipts.py",
 ]
 
 
