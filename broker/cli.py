@@ -259,3 +259,67 @@ def definitions_command(
 # `migrate` (the broker's database schema) are added here, each as one more function
 # decorated with @app.command("NAME", short_help=...), in the shape of the two above:
 # typer options as Annotated parameters, the work inside `with _one_line_errors():`.
+
+
+@app.command("serve", short_help="Run the broker: route messages and serve the HTTP API.")
+def serve_command(
+    allow_insecure_keys: Annotated[
+        bool,
+        typer.Option(
+            "--allow-insecure-keys",
+            help="Accept key files written with --insecure-dev-keys (development only).",
+        ),
+    ] = False,
+) -> None:
+    """Run the broker until SIGTERM: consume backa.ingress, verify, check policy, record, route.
+
+    Reads its settings from the environment: BACKA_AREA_DIR (the area's key
+    directory), BACKA_AMQP_URL (RabbitMQ, as the broker's user), BACKA_DATABASE_URL
+    (SQLite file by default, or postgresql+asyncpg://…), BACKA_POLICY_FILE,
+    BACKA_HTTP_HOST / BACKA_HTTP_PORT for the mutual-TLS HTTP API, and the key
+    passphrase from BACKA_KEY_PASSPHRASE or BACKA_KEY_PASSPHRASE_FILE. The
+    database schema is migrated to the latest version at start. On SIGTERM it stops
+    taking messages, finishes those in flight and exits 0.
+    """
+    import asyncio  # noqa: PLC0415 - keep `backa --help` fast
+
+    from broker.main import StartupError, serve  # noqa: PLC0415
+    from broker.settings import BrokerSettings  # noqa: PLC0415
+    from broker.store import StoreUnavailable  # noqa: PLC0415
+    from keys.settings import KeySettings  # noqa: PLC0415
+
+    with _one_line_errors():
+        try:
+            settings = BrokerSettings()
+        except ValueError as exc:
+            _console(stderr=True).print(f"error: {exc}", markup=False)
+            raise typer.Exit(2) from None
+        passphrase = KeySettings.from_env().passphrase()
+        try:
+            asyncio.run(
+                serve(settings, passphrase=passphrase, allow_insecure_keys=allow_insecure_keys)
+            )
+        except (StartupError, StoreUnavailable) as exc:
+            _console(stderr=True).print(f"error: {exc}", markup=False)
+            raise typer.Exit(1) from None
+
+
+@app.command("migrate", short_help="Bring the broker's database schema up to date.")
+def migrate_command() -> None:
+    """Migrate the database at BACKA_DATABASE_URL to the latest schema (Alembic head).
+
+    `backa broker serve` does this at start too; run it on its own before starting
+    several broker instances against one PostgreSQL.
+    """
+    import asyncio  # noqa: PLC0415
+
+    from broker.settings import BrokerSettings  # noqa: PLC0415
+    from broker.store import StoreUnavailable, migrate  # noqa: PLC0415
+
+    settings = BrokerSettings()
+    try:
+        asyncio.run(migrate(settings.database_url.get_secret_value()))
+    except StoreUnavailable as exc:
+        _console(stderr=True).print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    _say("The database schema is up to date.")

@@ -30,8 +30,6 @@ class BrokerSettings(BaseSettings):
     policy_file: Path = Path("deploy/policy/explicit.toml")
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8443, ge=0, le=65535)
-    #: Serve HTTP without TLS: only for tests on loopback; never in production.
-    http_insecure: bool = False
     max_message_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1024, le=16_000_000)
     #: Ingress messages processed at once.
     prefetch: int = Field(default=64, ge=1, le=10_000)

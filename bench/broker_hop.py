@@ -1,0 +1,289 @@
+"""Broker hop throughput: ingress → broker → recipient queue, against raw aio-pika.
+
+In one run, on the same RabbitMQ:
+
+* **raw**: publish N persistent 2 KiB messages with publisher confirms to one
+  quorum queue and consume them with manual acks (the anchor);
+* **broker hop**: publish N sealed envelopes (2 KiB content, one recipient) to
+  ``backa.ingress`` as the sending agency's RabbitMQ user; the broker — a
+  separate process running ``BrokerService`` on a SQLite (or
+  ``--database-url``) store — verifies, checks policy, records, routes with
+  confirms and acks; this process consumes them from the recipient's queue.
+
+Both sides keep ``--window`` publishes in flight. Messages per second is N
+over the time from the first publish to the last message consumed. The run
+uses a scratch vhost and scratch users (made with rabbitmqctl, removed after),
+and ends with one JSON line of the headline figures.
+
+    .venv/bin/python -m bench.broker_hop [--messages 3000] [--window 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+import aio_pika
+
+from broker.metrics import Metrics
+from broker.policy import ExplicitPolicy
+from broker.service import BrokerService
+from broker.store import create_store, migrate
+from broker.topology import INGRESS_EXCHANGE, INGRESS_QUEUE, TYPE_ENVELOPE, agency_queue
+from keys import logs
+from keys.envelope import seal
+from schemas.directory import AgencyType
+from schemas.envelope import Kind, LegalBasis, Purpose
+from tests.support import CHILD, Agency, signed_directory
+
+SENDER = Agency.make("bench-skola")
+RECIPIENT = Agency.make("bench-soc")
+BROKER = Agency.make("bench-broker")
+AGENCIES = [
+    (SENDER, AgencyType.SCHOOL),
+    (RECIPIENT, AgencyType.SOCIAL_SERVICES),
+    (BROKER, AgencyType.BROKER),
+]
+POLICY_FILE = Path("deploy/policy/explicit.toml")
+HOST = os.environ.get("BACKA_BENCH_AMQP_HOST", "127.0.0.1:5672")
+
+
+def _ctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)  # noqa: S603, S607
+
+
+def _url(user: str, password: str, vhost: str) -> str:
+    credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
+    return f"amqp://{credentials}@{HOST}/{quote(vhost, safe='')}"
+
+
+async def _publish_all(
+    url: str,
+    bodies: Iterable[bytes],
+    *,
+    exchange: str,
+    routing_key: str,
+    user_id: str | None,
+    window: int,
+) -> float:
+    """Publish every body with confirms, ``window`` in flight; return the start time."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        target = (
+            channel.default_exchange
+            if exchange == ""
+            else await channel.get_exchange(exchange, ensure=False)
+        )
+        limit = asyncio.Semaphore(window)
+        started = time.perf_counter()
+
+        async def one(body: bytes) -> None:
+            async with limit:
+                await target.publish(
+                    aio_pika.Message(
+                        body,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        user_id=user_id,
+                        type=TYPE_ENVELOPE,
+                        content_type="application/json",
+                    ),
+                    routing_key=routing_key,
+                )
+
+        await asyncio.gather(*(one(b) for b in bodies))
+        return started
+
+
+async def _consume(url: str, queue_name: str, count: int, prefetch: int) -> float:
+    """Consume ``count`` messages with manual acks; return when the last one arrived."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.get_queue(queue_name, ensure=False)
+        done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        seen = 0
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal seen
+            await message.ack()
+            seen += 1
+            if seen == count and not done.done():
+                done.set_result(time.perf_counter())
+
+        tag = await queue.consume(on_message)
+        finished = await asyncio.wait_for(done, timeout=600)
+        await queue.cancel(tag)
+        return finished
+
+
+async def _raw(url: str, n: int, window: int) -> float:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue("bench.raw", durable=True, arguments={"x-queue-type": "quorum"})
+    body = os.urandom(2048)
+    consumer = asyncio.create_task(_consume(url, "bench.raw", n, window))
+    started = await _publish_all(
+        url, [body] * n, exchange="", routing_key="bench.raw", user_id=None, window=window
+    )
+    finished = await consumer
+    return n / (finished - started)
+
+
+def _seal_all(n: int) -> list[bytes]:
+    now = datetime.now(UTC)
+    content = os.urandom(1536).hex()[:2048].encode()  # 2 KiB of content
+    return [
+        seal(
+            content,
+            sender=SENDER.sender,
+            recipients=[RECIPIENT.sealing],
+            kind=Kind.REFERRAL,
+            child=CHILD,
+            basis=LegalBasis(type="legal", ref="osl-10-28"),
+            purpose=Purpose.REFERRAL,
+            created=now,
+            expires=now + timedelta(days=1),
+        ).wire
+        for _ in range(n)
+    ]
+
+
+async def _hop(url_guest: str, url_sender: str, n: int, window: int, database_url: str) -> float:
+    bodies = _seal_all(n)
+    broker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.broker_hop",
+        "--serve",
+        url_guest,
+        database_url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,  # one JSON line per message, as in production
+    )
+    try:
+        assert broker.stdout is not None  # noqa: S101 - started with a pipe
+        ready = await asyncio.wait_for(broker.stdout.readline(), timeout=60)
+        if ready.strip() != b"ready":
+            raise RuntimeError(f"broker process did not start: {ready!r}")
+        consumer = asyncio.create_task(
+            _consume(url_guest, agency_queue(RECIPIENT.agency), n, window)
+        )
+        started = await _publish_all(
+            url_sender,
+            bodies,
+            exchange=INGRESS_EXCHANGE,
+            routing_key=INGRESS_QUEUE,
+            user_id=SENDER.agency,
+            window=window,
+        )
+        finished = await consumer
+        return n / (finished - started)
+    finally:
+        broker.terminate()
+        await asyncio.wait_for(broker.wait(), timeout=60)
+
+
+async def _serve(url: str, database_url: str, policy_text: str) -> None:
+    """The broker side, in its own process: runs until SIGTERM, logging as in production."""
+    logs.configure(json=True)
+    await migrate(database_url)
+    store = create_store(database_url)
+    service = BrokerService(
+        amqp_url=url,
+        store=store,
+        directory=signed_directory(AGENCIES, at=datetime.now(UTC) - timedelta(days=1)),
+        broker_key=BROKER.sender,
+        policy=ExplicitPolicy.from_toml(policy_text),
+        metrics=Metrics(),
+        prefetch=256,
+    )
+    await service.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    await service.stop()
+    await store.close()
+
+
+def main() -> None:
+    """Measure raw and broker hop in one run; print both, the ratio and a JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--window", type=int, default=200)
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--serve", nargs=2, metavar=("AMQP_URL", "DATABASE_URL"))
+    args = parser.parse_args()
+    if args.serve:
+        url, database_url = args.serve
+        asyncio.run(_serve(url, database_url, POLICY_FILE.read_text(encoding="utf-8")))
+        return
+
+    vhost = f"backa-bench-{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(16)
+    _ctl("add_vhost", vhost)
+    _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    _ctl("add_user", SENDER.agency, password)
+    _ctl("set_permissions", "-p", vhost, SENDER.agency, "^$", "^backa\\.ingress$", "^$")
+    with tempfile.TemporaryDirectory() as scratch:
+        database_url = args.database_url or f"sqlite+aiosqlite:///{scratch}/bench.db"
+        try:
+            url_guest = _url("guest", "guest", vhost)
+            raw = asyncio.run(_raw(url_guest, args.messages, args.window))
+            hop = asyncio.run(
+                _hop(
+                    url_guest,
+                    _url(SENDER.agency, password, vhost),
+                    args.messages,
+                    args.window,
+                    database_url,
+                )
+            )
+        finally:
+            _ctl("delete_user", SENDER.agency)
+            _ctl("delete_vhost", vhost)
+    version = subprocess.run(
+        ["rabbitmqctl", "-q", "version"],  # noqa: S607 - the operator's rabbitmqctl
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    print(f"broker hop, {args.messages} messages of 2 KiB, {args.window} in flight")
+    print(f"  raw aio-pika publish+consume (quorum queue)  {raw:8.0f} msg/s")
+    print(f"  ingress -> broker -> recipient queue          {hop:8.0f} msg/s", end="")
+    print(f"   ratio {hop / raw:.2f}")
+    print(
+        json.dumps(
+            {
+                "bench": "broker_hop",
+                "messages": args.messages,
+                "msgs_per_s": round(hop),
+                "raw_msgs_per_s": round(raw),
+                "ratio": round(hop / raw, 3),
+                "store": database_url.split(":", 1)[0],
+                "cpu_count": os.cpu_count(),
+                "rabbitmq": version,
+                "python": platform.python_version(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""``backa broker serve``: the consumer and the HTTP API in one process.
+
+Start-up loads and verifies everything before taking a message: the
+directory against the pinned area root, the broker's signing key, the policy
+file, the database schema (migrated to head), the TLS certificate. SIGTERM or
+SIGINT stops taking new messages, lets those in flight finish (up to the
+grace period), closes the HTTP server and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from broker.http import create_app, serve_http
+from broker.metrics import Metrics
+from broker.policy import ExplicitPolicy, PolicyFileError
+from broker.service import BrokerService, utc_now
+from broker.settings import BrokerSettings
+from broker.store import create_store, migrate
+from keys.ca import server_ssl_context
+from keys.directory import Directory
+from keys.envelope import SenderKey
+from keys.errors import KeysError
+from keys.setup import AreaLayout, load_broker_key, load_directory
+
+_log = structlog.get_logger("broker.main")
+
+
+class StartupError(Exception):
+    """The broker cannot start; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Running:
+    """What ``serve`` reports once it is up (for tests and the CLI)."""
+
+    http_port: int
+
+
+def _load(
+    settings: BrokerSettings, passphrase: bytes | None, allow_insecure: bool
+) -> tuple[Directory, SenderKey, ExplicitPolicy]:
+    try:
+        directory = load_directory(settings.area_dir)
+        broker_key = load_broker_key(
+            settings.area_dir, passphrase=passphrase, allow_insecure=allow_insecure
+        )
+    except KeysError as exc:
+        raise StartupError(f"{settings.area_dir}: {exc}") from exc
+    try:
+        policy = ExplicitPolicy.from_toml(
+            settings.policy_file.read_text(encoding="utf-8"), source=str(settings.policy_file)
+        )
+    except OSError as exc:
+        raise StartupError(f"cannot read BACKA_POLICY_FILE {settings.policy_file}: {exc}") from exc
+    except PolicyFileError as exc:
+        raise StartupError(str(exc)) from exc
+    return directory, broker_key.sender, policy
+
+
+async def serve(
+    settings: BrokerSettings,
+    *,
+    passphrase: bytes | None,
+    allow_insecure_keys: bool = False,
+    ready: asyncio.Future[Running] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the broker until ``stop`` is set or SIGTERM/SIGINT arrives."""
+    directory, broker_key, policy = _load(settings, passphrase, allow_insecure_keys)
+    layout = AreaLayout(settings.area_dir)
+    ssl_context = server_ssl_context(
+        cert_file=layout.broker_dir / "tls.crt",
+        key_file=layout.broker_dir / "tls.key",
+        ca_file=layout.ca_cert,
+        passphrase=passphrase,
+    )
+    database_url = settings.database_url.get_secret_value()
+    if database_url.startswith("sqlite+aiosqlite:///"):
+        path = database_url.removeprefix("sqlite+aiosqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    await migrate(database_url)
+    store = create_store(database_url)
+    service = BrokerService(
+        amqp_url=settings.amqp_url.get_secret_value(),
+        store=store,
+        directory=directory,
+        broker_key=broker_key,
+        policy=policy,
+        metrics=Metrics(),
+        prefetch=settings.prefetch,
+        max_bytes=settings.max_message_bytes,
+        shutdown_grace_s=settings.shutdown_grace_s,
+    )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = None
+    try:
+        await store.upsert_directory(
+            [
+                (entry.agency, entry.kid, signed.payload, signed.signature, entry.issued_at)
+                for entry, signed in zip(
+                    directory.entries(), directory.signed_entries(), strict=True
+                )
+            ]
+        )
+        await service.start()
+        app = create_app(
+            store=store,
+            directory=lambda: directory,
+            readiness=[("rabbitmq", service.ping), ("store", store.ping)],
+            metrics=service.metrics,
+            clock=utc_now,
+        )
+        runner = await serve_http(
+            app, host=settings.http_host, port=settings.http_port, ssl_context=ssl_context
+        )
+        port = _bound_port(runner, settings.http_port)
+        _log.info("broker_serving", http_port=port, area=directory.area)
+        if ready is not None:
+            ready.set_result(Running(http_port=port))
+        await stop.wait()
+        _log.info("broker_stopping")
+    finally:
+        await service.stop()
+        if runner is not None:
+            await runner.cleanup()
+        await store.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def _bound_port(runner: object, configured: int) -> int:
+    addresses = getattr(runner, "addresses", [])
+    for address in addresses:
+        if isinstance(address, tuple) and len(address) > 1:
+            return int(address[1])
+    return configured

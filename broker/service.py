@@ -1,0 +1,558 @@
+"""The broker's AMQP shell: consume ingress, apply the pure pipeline, store, route, ack.
+
+For every ingress message, in this order and no other: ``evaluate`` (pure) →
+record the decision in the store (the message id is unique there) → publish
+to each recipient with publisher confirms → mark routed → publish the signed
+receipt to the sender → ack. The ack is the last thing and happens in one
+place (``_settle``); a crash anywhere before it means RabbitMQ delivers the
+message again, and the store's record makes the second pass route nothing
+that was already routed.
+
+Failures of the store or of RabbitMQ are transient: the message is held and
+retried with backoff, never acked and never dead-lettered for it. Anything
+else (a bug) is a nack with requeue, so that RabbitMQ's delivery limit
+eventually dead-letters a poison message; the dead-letter consumer answers it
+with a ``delivery_limit`` rejection.
+
+After a connection loss the robust connection reopens the channels and
+restores the consumer; messages that were in flight on the old channel cannot
+be acked any more and RabbitMQ delivers them again (aio-pika issues 563, 636:
+``connect_robust`` alone does not re-publish unconfirmed messages; here the
+redelivery plus the idempotent store does that job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+
+from broker import receipts
+from broker.amqp import declare_topology
+from broker.metrics import Metrics
+from broker.pipeline import Ingress, Reject, Relay, Route, evaluate, is_message_id
+from broker.policy import Policy
+from broker.records import MessageRecord, Outcome, StatusEvent, Store
+from broker.store import StoreUnavailable
+from broker.topology import (
+    DEAD_LETTER_QUEUE,
+    DELIVER_EXCHANGE,
+    INGRESS_QUEUE,
+    TYPE_ENVELOPE,
+    TYPE_RECEIPT,
+    agency_queue,
+)
+from keys.directory import Directory
+from keys.envelope import SenderKey
+from keys.replay import DEFAULT_WINDOW, ClockWindow
+from schemas.reasons import ReasonCode
+from schemas.receipts import SignedReceipt
+
+_log = structlog.get_logger("broker.service")
+
+#: Exceptions that mean "RabbitMQ or the store is away for now": hold and retry.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    StoreUnavailable,
+    aio_pika.exceptions.AMQPError,
+    aiormq.exceptions.AMQPError,
+    ConnectionError,
+    asyncio.TimeoutError,
+)
+
+
+class Action(Enum):
+    """What to tell RabbitMQ about one ingress message."""
+
+    ACK = "ack"
+    REQUEUE = "requeue"  # a bug: let the delivery limit dead-letter it eventually
+    ABANDON = "abandon"  # the channel is gone: RabbitMQ will deliver it again
+
+
+def utc_now() -> datetime:
+    """The wall clock, timezone-aware (the default clock of the service)."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class BrokerService:
+    """Consumes ``backa.ingress`` and ``backa.dead``; routes, records and answers."""
+
+    amqp_url: str
+    store: Store
+    directory: Directory
+    broker_key: SenderKey
+    policy: Policy
+    metrics: Metrics
+    clock: Callable[[], datetime] = utc_now
+    window: ClockWindow = DEFAULT_WINDOW
+    prefetch: int = 64
+    max_bytes: int = 2_000_000
+    shutdown_grace_s: float = 20.0
+    _connection: AbstractRobustConnection | None = field(default=None, init=False)
+    _publisher: AbstractRobustChannel | None = field(default=None, init=False)
+    _consumers: list[tuple[AbstractQueue, str]] = field(default_factory=list, init=False)
+    _inflight: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _stopping: bool = field(default=False, init=False)
+    _depth_task: asyncio.Task[None] | None = field(default=None, init=False)
+
+    async def start(self) -> None:
+        """Connect, declare the topology and start consuming."""
+        self._connection = await aio_pika.connect_robust(self.amqp_url)
+        self._publisher = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        agencies = [a for a in self.directory.agencies() if a != self.directory.broker_agency()]
+        await declare_topology(self._publisher, agencies)
+        consumer = await self._connection.channel()
+        await consumer.set_qos(prefetch_count=self.prefetch)
+        ingress = await consumer.get_queue(INGRESS_QUEUE, ensure=False)
+        dead = await consumer.get_queue(DEAD_LETTER_QUEUE, ensure=False)
+        self._consumers = [
+            (ingress, await ingress.consume(self._spawn(self._on_ingress), no_ack=False)),
+            (dead, await dead.consume(self._spawn(self._on_dead_letter), no_ack=False)),
+        ]
+        self._depth_task = asyncio.create_task(self._watch_depth(), name="queue-depth")
+        _log.info("broker_started", agencies=len(agencies), prefetch=self.prefetch)
+
+    async def stop(self) -> None:
+        """Stop taking messages, finish those in flight (up to the grace period), close."""
+        self._stopping = True
+        for queue, tag in self._consumers:
+            with suppress(*TRANSIENT):
+                await queue.cancel(tag)
+        if self._inflight:
+            _, pending = await asyncio.wait(self._inflight, timeout=self.shutdown_grace_s)
+            for task in pending:
+                task.cancel()
+        if self._depth_task is not None:
+            self._depth_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._depth_task
+        if self._connection is not None:
+            await self._connection.close()
+        _log.info("broker_stopped")
+
+    async def ping(self) -> None:
+        """Readiness probe: raise unless the AMQP connection is open."""
+        if self._connection is None or self._connection.is_closed:
+            raise ConnectionError("AMQP connection is not open")
+
+    # --- consuming ------------------------------------------------------------------------
+
+    def _spawn(
+        self, handler: Callable[[AbstractIncomingMessage], asyncio.Future[None] | object]
+    ) -> Callable[[AbstractIncomingMessage], asyncio.Future[None]]:
+        """Wrap a handler so shutdown can wait for every message in flight."""
+
+        async def run(message: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._inflight.add(task)
+            try:
+                await handler(message)  # type: ignore[misc]
+            finally:
+                if task is not None:
+                    self._inflight.discard(task)
+
+        return run  # type: ignore[return-value]
+
+    async def _on_ingress(self, message: AbstractIncomingMessage) -> None:
+        started = time.perf_counter()
+        structlog.contextvars.bind_contextvars(amqp_message_id=message.message_id)
+        try:
+            action, summary = await self._with_retries(message, self._handle_ingress)
+            await self._settle(message, action)
+        finally:
+            elapsed = time.perf_counter() - started
+            structlog.contextvars.unbind_contextvars("amqp_message_id")
+        kind, outcome, extra = summary
+        self.metrics.observe_message(kind, outcome, elapsed)
+        _log.info(
+            "ingress_message",
+            kind=kind,
+            outcome=outcome,
+            action=action.value,
+            duration_ms=round(elapsed * 1000, 2),
+            **extra,
+        )
+
+    async def _with_retries(
+        self,
+        message: AbstractIncomingMessage,
+        handle: Callable[[AbstractIncomingMessage], asyncio.Future[Summary] | object],
+    ) -> tuple[Action, Summary]:
+        delay = 0.1
+        while True:
+            try:
+                summary: Summary = await handle(message)  # type: ignore[misc]
+            except TRANSIENT as exc:
+                if self._stopping or _channel_gone(message):
+                    return Action.ABANDON, ("unknown", "abandoned", {"cause": type(exc).__name__})
+                _log.warning("transient_failure", cause=type(exc).__name__, retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:  # noqa: BLE001 - a bug: requeue so the delivery limit catches it
+                _log.exception("message_failed")
+                return Action.REQUEUE, ("unknown", "failed", {})
+            else:
+                return Action.ACK, summary
+
+    async def _settle(self, message: AbstractIncomingMessage, action: Action) -> None:
+        """The one place where an ingress or dead-letter message is acked or nacked."""
+        if action is Action.ABANDON or _channel_gone(message):
+            return
+        with suppress(*TRANSIENT):
+            if action is Action.ACK:
+                await message.ack()
+            else:
+                await message.nack(requeue=True)
+
+    # --- the pipeline's outcomes ------------------------------------------------------------
+
+    async def _handle_ingress(self, message: AbstractIncomingMessage) -> Summary:
+        now = self.clock()
+        evaluation = evaluate(
+            Ingress(
+                body=message.body,
+                type=message.type,
+                user_id=message.user_id,
+                message_id=message.message_id,
+            ),
+            directory=self.directory,
+            policy=self.policy,
+            now=now,
+            window=self.window,
+            max_bytes=self.max_bytes,
+        )
+        if isinstance(evaluation, Route):
+            return await self._route(evaluation, now)
+        if isinstance(evaluation, Relay):
+            return await self._relay(evaluation, now, message.user_id)
+        return await self._reject(evaluation, now)
+
+    async def _route(self, route: Route, now: datetime) -> Summary:
+        header = route.header
+        record = MessageRecord(
+            message_id=header.id,
+            digest=route.verified.digest,
+            kind=header.kind.value,
+            sender=header.sender.agency,
+            sender_kid=header.sender.kid,
+            child=header.child,
+            basis_type=header.basis.type,
+            basis_ref=(
+                header.basis.consent_id if header.basis.type == "consent" else header.basis.ref
+            ),
+            purpose=header.purpose.value,
+            thread=header.thread,
+            in_reply_to=header.in_reply_to,
+            created=header.created,
+            expires=header.expires,
+            received_at=now,
+            outcome=Outcome.ACCEPTED,
+            reason=None,
+            rule=route.decision.rule,
+            legal_ref=route.decision.legal_ref,
+            recipients=route.recipients,
+        )
+        accepted = StatusEvent(
+            message_id=header.id,
+            agency=None,
+            status="accepted",
+            at=now,
+            recorded_at=now,
+            signer=self.broker_key.agency,
+        )
+        recorded = await self.store.record_decision(record, [accepted])
+        stored = recorded.record
+        summary_extra: dict[str, object] = {"message_id": header.id, "sender": header.sender.agency}
+        if not recorded.created and stored.digest != record.digest:
+            # Same id, other bytes: a replay or a forgery; the stored message stands.
+            reject = Reject(
+                ReasonCode.REPLAYED,
+                "message id already used by another envelope",
+                header.sender.agency,
+                header.id,
+                route.verified.digest,
+            )
+            return await self._reject(reject, now)
+        if stored.outcome is Outcome.REJECTED:
+            await self._send_receipt(
+                stored.sender,
+                receipts.rejected(
+                    message_id=stored.message_id,
+                    digest=stored.digest,
+                    reason=ReasonCode(stored.reason or ReasonCode.INTERNAL_ERROR),
+                    broker=self.broker_key,
+                    at=now,
+                ),
+            )
+            return header.kind.value, "rejected", {**summary_extra, "redelivered": True}
+        if stored.routed_at is None:
+            await asyncio.gather(
+                *(self._publish_envelope(route, agency) for agency in stored.recipients)
+            )
+            await self.store.mark_routed(header.id, now)
+        await self._send_receipt(
+            stored.sender,
+            receipts.accepted(
+                message_id=stored.message_id,
+                digest=stored.digest,
+                recipients=stored.recipients,
+                broker=self.broker_key,
+                at=now,
+            ),
+        )
+        extra: dict[str, object] = {
+            **summary_extra,
+            "recipients": len(stored.recipients),
+            "rule": stored.rule,
+        }
+        if not recorded.created:
+            extra["redelivered"] = True
+        return header.kind.value, "accepted", extra
+
+    async def _publish_envelope(self, route: Route, agency: str) -> None:
+        await self._publish(
+            agency,
+            route.wire,
+            message_type=TYPE_ENVELOPE,
+            message_id=route.header.id,
+        )
+
+    async def _reject(self, reject: Reject, now: datetime) -> Summary:
+        self.metrics.observe_rejection(reject.reason.value)
+        kind = reject.header.kind.value if reject.header is not None else "unknown"
+        extra: dict[str, object] = {
+            "message_id": reject.message_id,
+            "reason": reject.reason.value,
+            "detail": reject.detail,
+        }
+        if reject.header is not None:
+            header = reject.header
+            record = MessageRecord(
+                message_id=header.id,
+                digest=reject.digest,
+                kind=header.kind.value,
+                sender=header.sender.agency,
+                sender_kid=header.sender.kid,
+                child=header.child,
+                basis_type=header.basis.type,
+                basis_ref=(
+                    header.basis.consent_id if header.basis.type == "consent" else header.basis.ref
+                ),
+                purpose=header.purpose.value,
+                thread=header.thread,
+                in_reply_to=header.in_reply_to,
+                created=header.created,
+                expires=header.expires,
+                received_at=now,
+                outcome=Outcome.REJECTED,
+                reason=reject.reason.value,
+                rule=None,
+                legal_ref=None,
+                recipients=tuple(r.agency for r in header.recipients),
+            )
+            event = StatusEvent(
+                message_id=header.id,
+                agency=None,
+                status="rejected",
+                at=now,
+                recorded_at=now,
+                signer=self.broker_key.agency,
+                reason=reject.reason.value,
+            )
+            recorded = await self.store.record_decision(record, [event])
+            if not recorded.created and recorded.record.digest == reject.digest:
+                # Decided before: answer with what was decided then.
+                stored = recorded.record
+                if stored.outcome is Outcome.ACCEPTED:
+                    extra["note"] = "already accepted"
+        if reject.reply_to is not None and reject.message_id is not None:
+            await self._send_receipt(
+                reject.reply_to,
+                receipts.rejected(
+                    message_id=reject.message_id,
+                    digest=reject.digest,
+                    reason=reject.reason,
+                    broker=self.broker_key,
+                    at=now,
+                ),
+            )
+        else:
+            extra["unanswered"] = True
+        return kind, "rejected", extra
+
+    async def _relay(self, relay: Relay, now: datetime, publisher: str | None) -> Summary:
+        receipt = relay.receipt
+        stored = await self.store.get_message(receipt.receipt_for)
+        reason: ReasonCode | None = None
+        if stored is None or stored.outcome is not Outcome.ACCEPTED:
+            reason = ReasonCode.UNKNOWN_MESSAGE
+        elif receipt.by.agency not in stored.recipients or receipt.acknowledges != stored.digest:
+            reason = ReasonCode.RECEIPT_MISMATCH
+        if reason is not None:
+            reject = Reject(
+                reason,
+                "receipt refused",
+                publisher,
+                receipt.id,
+                receipt.acknowledges,
+            )
+            return await self._reject(reject, now)
+        assert stored is not None  # noqa: S101 - narrowed by the checks above
+        await self.store.append_events(
+            [
+                StatusEvent(
+                    message_id=receipt.receipt_for,
+                    agency=receipt.by.agency,
+                    status=receipt.status.value,
+                    at=receipt.at,
+                    recorded_at=now,
+                    signer=receipt.by.agency,
+                    receipt_id=receipt.id,
+                    answer=receipt.answer.value if receipt.answer else None,
+                    decline_reason=(
+                        receipt.decline_reason.value if receipt.decline_reason else None
+                    ),
+                    staff_id=receipt.staff_id,
+                )
+            ]
+        )
+        # Relayed unchanged, signature and all: the sender verifies the recipient itself.
+        await self._publish(
+            stored.sender, relay.body, message_type=TYPE_RECEIPT, message_id=receipt.id
+        )
+        self.metrics.observe_receipt(receipt.status.value)
+        return (
+            "receipt",
+            receipt.status.value,
+            {
+                "message_id": receipt.receipt_for,
+                "receipt_id": receipt.id,
+                "by": receipt.by.agency,
+            },
+        )
+
+    async def _send_receipt(self, agency: str, signed: SignedReceipt) -> None:
+        await self._publish(
+            agency,
+            signed.model_dump_json().encode(),
+            message_type=TYPE_RECEIPT,
+            message_id=None,
+        )
+
+    async def _publish(
+        self, agency: str, body: bytes, *, message_type: str, message_id: str | None
+    ) -> None:
+        if self._publisher is None:
+            raise ConnectionError("the broker is not started")
+        exchange = await self._publisher.get_exchange(DELIVER_EXCHANGE, ensure=False)
+        await exchange.publish(
+            aio_pika.Message(
+                body,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                type=message_type,
+                message_id=message_id,
+                app_id="backa-broker",
+            ),
+            routing_key=agency,
+            mandatory=True,
+        )
+
+    # --- dead letters -----------------------------------------------------------------------
+
+    async def _on_dead_letter(self, message: AbstractIncomingMessage) -> None:
+        action, _summary = await self._with_retries(message, self._handle_dead_letter)
+        await self._settle(message, action)
+
+    async def _handle_dead_letter(self, message: AbstractIncomingMessage) -> Summary:
+        now = self.clock()
+        source = _death_queue(message)
+        self.metrics.observe_rejection(ReasonCode.DELIVERY_LIMIT.value)
+        _log.error(
+            "dead_lettered",
+            queue=source,
+            amqp_message_id=message.message_id,
+            publisher=message.user_id,
+        )
+        message_id = message.message_id
+        if source == INGRESS_QUEUE and message.user_id and message_id:
+            if self.directory.agency_type(message.user_id) is not None:
+                await self._reject(
+                    Reject(
+                        ReasonCode.DELIVERY_LIMIT,
+                        "dead-lettered from ingress",
+                        message.user_id,
+                        message_id if is_message_id(message_id) else None,
+                        hashlib.sha256(message.body).hexdigest(),
+                    ),
+                    now,
+                )
+        elif source is not None and source.startswith("agency.") and message_id:
+            agency = source.removeprefix("agency.")
+            stored = await self.store.get_message(message_id)
+            if stored is not None:
+                await self.store.append_events(
+                    [
+                        StatusEvent(
+                            message_id=message_id,
+                            agency=agency,
+                            status="rejected",
+                            at=now,
+                            recorded_at=now,
+                            signer=self.broker_key.agency,
+                            reason=ReasonCode.DELIVERY_LIMIT.value,
+                        )
+                    ]
+                )
+        return "dead_letter", "recorded", {"queue": source}
+
+    async def _watch_depth(self) -> None:
+        """Refresh the queue-depth gauges every few seconds (for /metrics)."""
+        while True:
+            if self._publisher is not None and not self._publisher.is_closed:
+                queues = [INGRESS_QUEUE, DEAD_LETTER_QUEUE] + [
+                    agency_queue(a)
+                    for a in self.directory.agencies()
+                    if a != self.directory.broker_agency()
+                ]
+                for name in queues:
+                    with suppress(*TRANSIENT):
+                        declared = await self._publisher.declare_queue(name, passive=True)
+                        count = declared.declaration_result.message_count
+                        self.metrics.set_queue_depth(name, count or 0)
+            await asyncio.sleep(5)
+
+
+Summary = tuple[str, str, dict[str, object]]
+
+
+def _channel_gone(message: AbstractIncomingMessage) -> bool:
+    channel = message.channel
+    return bool(getattr(channel, "is_closed", False))
+
+
+def _death_queue(message: AbstractIncomingMessage) -> str | None:
+    deaths = (message.headers or {}).get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        queue = deaths[0].get("queue")
+        return queue if isinstance(queue, str) else None
+    first = (message.headers or {}).get("x-first-death-queue")
+    return first if isinstance(first, str) else None

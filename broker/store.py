@@ -1,0 +1,700 @@
+"""The broker's durable state over SQLAlchemy 2 async Core: SQLite or PostgreSQL.
+
+``SqlStore`` implements ``broker.records.Store`` (messages, their recipients and
+their append-only status events) and holds the tables later parts of the broker
+use: the signed directory, consents, deadlines and the audit log. SQLite (one
+file, WAL) is the zero-setup default; PostgreSQL over asyncpg is for production
+and for several broker instances sharing one database, so every write that must
+happen once (a message decided, a receipt recorded) is an ``INSERT … ON
+CONFLICT DO NOTHING`` against a unique key, never a read followed by a write.
+
+The store must never hold message content, a key or a personnummer: a message
+is its signed header's metadata, a child is a pseudonym, and the directory,
+consent and audit rows are the signed payloads exactly as they were verified
+(public keys and pseudonyms only). Every datetime is stored and returned as
+aware UTC; a naive one is refused.
+
+Errors::
+
+    BrokerError                           (broker.errors)
+    └── Unavailable                 503
+        └── StoreUnavailable  store_unavailable  503  the database cannot be reached or
+                                                      refused service (I/O, connection,
+                                                      lock, pool timeout)
+
+Foreign I/O errors are translated at this boundary (``raise StoreUnavailable
+from exc``) with a fixed message; ``detail`` names the database and the foreign
+error's class for the log, never credentials nor the foreign text. Integrity,
+programming and data errors are bugs, not outages, and propagate unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, NamedTuple
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from broker.errors import Unavailable
+from broker.records import MessageRecord, Outcome, Recorded, StatusEvent
+
+__all__ = [
+    "METADATA",
+    "MIGRATION_LOCK_KEY",
+    "DirectoryRow",
+    "SqlStore",
+    "StoreUnavailable",
+    "UtcDateTime",
+    "build_engine",
+    "create_store",
+    "migrate",
+]
+
+#: Where the Alembic environment and revisions live (a package directory).
+MIGRATIONS: Final = Path(__file__).resolve().parent / "migrations"
+
+#: PostgreSQL connections each broker instance keeps, and how many more it may open.
+PG_POOL_SIZE: Final = 10
+PG_MAX_OVERFLOW: Final = 5
+#: Seconds to wait for a connection (from the server, or from a full pool).
+CONNECT_TIMEOUT_S: Final = 10
+#: Seconds one SQL statement may run on PostgreSQL before it is cancelled.
+COMMAND_TIMEOUT_S: Final = 30
+#: ``pg_advisory_xact_lock`` key every migration holds ("backa" in ASCII).
+MIGRATION_LOCK_KEY: Final = 0x6261636B61
+#: Milliseconds a SQLite writer waits for another writer's lock before giving up.
+SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+
+# Lengths are generous bounds on the wire contract's patterns (ids and key ids
+# are at most 64 characters, codes far less), so that a bug cannot fill a row.
+_ID: Final = 64
+_CODE: Final = 64
+_TEXT: Final = 200
+
+
+class StoreUnavailable(Unavailable):
+    """The database cannot be reached or refused service; retry later.
+
+    The message is fixed and safe to show a client; which database failed and
+    how is in ``detail``, for this process's log only.
+    """
+
+    code = "store_unavailable"
+    http_status = 503
+    default_message = "The broker's database cannot be reached right now; try again later."
+
+    def __init__(self, detail: str = "unspecified") -> None:
+        """Keep ``detail`` (the database and the foreign error's class, never credentials)."""
+        super().__init__()
+        self.detail = detail
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """A timezone-aware timestamp, always returned as aware UTC.
+
+    SQLite keeps no offset and returns naive values; they were written as UTC,
+    so UTC is attached on the way back. Naive values are refused on the way in:
+    there is no telling which clock they came from.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Refuse a naive datetime; convert an aware one to UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime refused: the store keeps aware UTC times only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
+        """Return the stored time as aware UTC."""
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime from the database, got {type(value).__name__}")
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# Deterministic constraint names, so that the hand-written migrations and this
+# metadata agree and a later migration can name what it alters.
+METADATA: Final = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid); PostgreSQL
+# gets a 64-bit serial.
+_SERIAL: Final = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+MESSAGES: Final = sa.Table(
+    "messages",
+    METADATA,
+    sa.Column("message_id", sa.String(_ID), primary_key=True),
+    sa.Column("digest", sa.String(_ID), nullable=False),
+    sa.Column("kind", sa.String(_CODE), nullable=False),
+    sa.Column("sender", sa.String(_ID), nullable=False),
+    sa.Column("sender_kid", sa.String(_ID), nullable=False),
+    sa.Column("child", sa.String(_ID), nullable=False),
+    sa.Column("basis_type", sa.String(_CODE), nullable=False),
+    sa.Column("basis_ref", sa.String(_ID), nullable=False),
+    sa.Column("purpose", sa.String(_CODE), nullable=False),
+    sa.Column("thread", sa.String(_ID), nullable=False),
+    sa.Column("in_reply_to", sa.String(_ID), nullable=True),
+    sa.Column("created", UtcDateTime(), nullable=False),
+    sa.Column("expires", UtcDateTime(), nullable=False),
+    sa.Column("received_at", UtcDateTime(), nullable=False),
+    sa.Column("outcome", sa.String(_CODE), nullable=False),
+    sa.Column("reason", sa.String(_CODE), nullable=True),
+    sa.Column("rule", sa.String(_ID), nullable=True),
+    sa.Column("legal_ref", sa.String(_TEXT), nullable=True),
+    sa.Column("routed_at", UtcDateTime(), nullable=True),
+    sa.Index("ix_messages_child", "child"),
+    sa.Index("ix_messages_thread", "thread"),
+)
+
+#: The recipients of a message; ``position`` keeps the order the record gave.
+MESSAGE_RECIPIENTS: Final = sa.Table(
+    "message_recipients",
+    METADATA,
+    sa.Column(
+        "message_id",
+        sa.String(_ID),
+        sa.ForeignKey("messages.message_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("agency", sa.String(_ID), primary_key=True),
+    sa.Column("position", sa.Integer(), nullable=False),
+)
+
+STATUS_EVENTS: Final = sa.Table(
+    "status_events",
+    METADATA,
+    sa.Column("id", _SERIAL, primary_key=True, autoincrement=True),
+    sa.Column(
+        "message_id",
+        sa.String(_ID),
+        sa.ForeignKey("messages.message_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("agency", sa.String(_ID), nullable=True),
+    sa.Column("status", sa.String(_CODE), nullable=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("recorded_at", UtcDateTime(), nullable=False),
+    sa.Column("signer", sa.String(_ID), nullable=False),
+    sa.Column("receipt_id", sa.String(_ID), nullable=True),
+    sa.Column("reason", sa.String(_CODE), nullable=True),
+    sa.Column("answer", sa.String(_CODE), nullable=True),
+    sa.Column("decline_reason", sa.String(_CODE), nullable=True),
+    sa.Column("staff_id", sa.String(_ID), nullable=True),
+    sa.Index("ix_status_events_message_id", "message_id"),
+)
+# A receipt recorded twice (redelivery, two broker instances) is one event.
+_RECEIPT_PRESENT: Final = STATUS_EVENTS.c.receipt_id.is_not(None)
+sa.Index(
+    "uq_status_events_receipt_id",
+    STATUS_EVENTS.c.receipt_id,
+    unique=True,
+    sqlite_where=_RECEIPT_PRESENT,
+    postgresql_where=_RECEIPT_PRESENT,
+)
+
+#: One signed directory entry per (agency, key id), exactly as the area root signed it.
+DIRECTORY_ENTRIES: Final = sa.Table(
+    "directory_entries",
+    METADATA,
+    sa.Column("agency", sa.String(_ID), primary_key=True),
+    sa.Column("kid", sa.String(_ID), primary_key=True),
+    sa.Column("payload", sa.Text(), nullable=False),
+    sa.Column("signature", sa.Text(), nullable=False),
+    sa.Column("issued_at", UtcDateTime(), nullable=False),
+)
+
+#: Registered consents and, once revoked, the signed revocation beside them.
+CONSENTS: Final = sa.Table(
+    "consents",
+    METADATA,
+    sa.Column("consent_id", sa.String(_ID), primary_key=True),
+    sa.Column("child", sa.String(_ID), nullable=False),
+    sa.Column("payload", sa.Text(), nullable=False),
+    sa.Column("signature", sa.Text(), nullable=False),
+    sa.Column("valid_from", UtcDateTime(), nullable=False),
+    sa.Column("valid_until", UtcDateTime(), nullable=False),
+    sa.Column("registered_at", UtcDateTime(), nullable=False),
+    sa.Column("revoked_at", UtcDateTime(), nullable=True),
+    sa.Column("revocation_payload", sa.Text(), nullable=True),
+    sa.Column("revocation_signature", sa.Text(), nullable=True),
+    sa.Index("ix_consents_child", "child"),
+)
+
+#: Deadlines the broker watches (no per-message TTL in RabbitMQ, see broker.topology).
+#: ``agency`` is NULL for a message-level deadline; SQL treats NULLs as distinct,
+#: so the unique key only de-duplicates per-recipient deadlines.
+DEADLINES: Final = sa.Table(
+    "deadlines",
+    METADATA,
+    sa.Column("id", _SERIAL, primary_key=True, autoincrement=True),
+    sa.Column(
+        "message_id",
+        sa.String(_ID),
+        sa.ForeignKey("messages.message_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("rule", sa.String(_ID), nullable=False),
+    sa.Column("agency", sa.String(_ID), nullable=True),
+    sa.Column("due_at", UtcDateTime(), nullable=False),
+    sa.Column("state", sa.String(_CODE), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    sa.Column("claimed_by", sa.String(_ID), nullable=True),
+    sa.Column("claimed_at", UtcDateTime(), nullable=True),
+    sa.Column("closed_at", UtcDateTime(), nullable=True),
+    sa.Index("ix_deadlines_state_due_at", "state", "due_at"),
+    sa.UniqueConstraint("message_id", "rule", "agency", name="uq_deadlines_message_id_rule_agency"),
+)
+
+#: Leaves of the audit Merkle tree: ``entry`` is the canonical JSON, never changed.
+AUDIT_ENTRIES: Final = sa.Table(
+    "audit_entries",
+    METADATA,
+    sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("entry", sa.LargeBinary(), nullable=False),
+    sa.Column("leaf_hash", sa.LargeBinary(32), nullable=False),
+    sa.Index("ix_audit_entries_at", "at"),
+)
+
+
+class DirectoryRow(NamedTuple):
+    """One stored directory entry: the signed payload as verified, and when it was issued."""
+
+    agency: str
+    kid: str
+    payload: str
+    signature: str
+    issued_at: datetime
+
+
+# A constraint or query fault is a bug to fix, not an outage to wait out.
+_CALLER_ERRORS: Final = (
+    sa_exc.IntegrityError,
+    sa_exc.ProgrammingError,
+    sa_exc.DataError,
+    sa_exc.NotSupportedError,
+)
+
+
+def _describe(url: URL) -> str:
+    """Name a database for a message: never the password nor any query parameter."""
+    if url.get_backend_name() == "sqlite":
+        return f"SQLite database {url.database or ':memory:'}"
+    return f"PostgreSQL database {url.database} at {url.host}:{url.port or 5432}"
+
+
+@contextmanager
+def _boundary(url: URL) -> Iterator[None]:
+    """Translate foreign I/O errors into ``StoreUnavailable``."""
+    try:
+        yield
+    except (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError) as exc:
+        if isinstance(exc, _CALLER_ERRORS):
+            raise
+        cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig else exc
+        raise StoreUnavailable(f"{_describe(url)}: {type(cause).__name__}") from exc
+
+
+def _async_url(url: str | URL) -> URL:
+    """The URL with its async driver: aiosqlite for SQLite, asyncpg for PostgreSQL."""
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError as exc:
+        # The text may hold a password, so it is not repeated.
+        raise ValueError("the database URL cannot be parsed") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend in {"postgresql", "postgres"}:
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise ValueError(f"unsupported database {backend!r}: use sqlite or postgresql")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers proceed during a write; NORMAL is durable in WAL mode
+    # except for the last transactions on power loss, never corrupting.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
+    finally:
+        cursor.close()
+
+
+def build_engine(url: str | URL, *, pooled: bool = True) -> AsyncEngine:
+    """An async engine for a SQLite or PostgreSQL URL, configured for the broker.
+
+    ``pooled=False`` opens one connection per use (migrations, one-off tools).
+    A SQLite file's directory is created if missing.
+    """
+    parsed = _async_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        pool: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
+        engine = create_async_engine(parsed, **pool)
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    pool = (
+        {
+            "pool_size": PG_POOL_SIZE,
+            "max_overflow": PG_MAX_OVERFLOW,
+            "pool_timeout": CONNECT_TIMEOUT_S,
+            "pool_pre_ping": True,
+            "pool_recycle": 1800,
+        }
+        if pooled
+        else {"poolclass": NullPool}
+    )
+    return create_async_engine(
+        parsed,
+        connect_args={
+            "timeout": CONNECT_TIMEOUT_S,
+            "command_timeout": COMMAND_TIMEOUT_S,
+            "server_settings": {"application_name": "backa-broker"},
+        },
+        **pool,
+    )
+
+
+def create_store(url: str) -> SqlStore:
+    """A store on a SQLite or PostgreSQL URL (``sqlite+aiosqlite:///var/broker.db``).
+
+    Connects lazily: an unreachable database shows at the first call (or at
+    ``ping``) as ``StoreUnavailable``. The schema must exist: run ``migrate`` first.
+    """
+    parsed = _async_url(url)
+    with _boundary(parsed):
+        engine = build_engine(parsed)
+    return SqlStore(engine)
+
+
+# Alembic's ``context`` and ``op`` are module-level proxies: two upgrades in
+# one process at once would trample each other's, so they take turns here
+# (across processes, the environment's advisory lock does the same).
+_ALEMBIC_LOCK: Final = threading.Lock()
+
+
+def _upgrade_head(url: URL) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("path_separator", "os")
+    # Passed as an attribute, not an ini option: a percent-encoded password
+    # would be mangled by configparser interpolation.
+    config.attributes["url"] = url.render_as_string(hide_password=False)
+    if True:
+        command.upgrade(config, "head")
+
+
+async def migrate(url: str) -> None:
+    """Bring the database's schema to the newest revision (``alembic upgrade head``).
+
+    Idempotent, and safe to run from several broker instances at once on
+    PostgreSQL (the migration holds an advisory lock) and from several tasks of
+    one process (they take turns). Alembic is synchronous and its environment
+    runs its own event loop, so it runs in a worker thread.
+    """
+    parsed = _async_url(url)
+    with _boundary(parsed):
+        await asyncio.to_thread(_upgrade_head, parsed)
+
+
+def _message_values(record: MessageRecord) -> dict[str, Any]:
+    return {
+        "message_id": record.message_id,
+        "digest": record.digest,
+        "kind": record.kind,
+        "sender": record.sender,
+        "sender_kid": record.sender_kid,
+        "child": record.child,
+        "basis_type": record.basis_type,
+        "basis_ref": record.basis_ref,
+        "purpose": record.purpose,
+        "thread": record.thread,
+        "in_reply_to": record.in_reply_to,
+        "created": record.created,
+        "expires": record.expires,
+        "received_at": record.received_at,
+        "outcome": record.outcome.value,
+        "reason": record.reason,
+        "rule": record.rule,
+        "legal_ref": record.legal_ref,
+        "routed_at": record.routed_at,
+    }
+
+
+def _record_from(row: sa.RowMapping, recipients: Sequence[str]) -> MessageRecord:
+    return MessageRecord(
+        message_id=row["message_id"],
+        digest=row["digest"],
+        kind=row["kind"],
+        sender=row["sender"],
+        sender_kid=row["sender_kid"],
+        child=row["child"],
+        basis_type=row["basis_type"],
+        basis_ref=row["basis_ref"],
+        purpose=row["purpose"],
+        thread=row["thread"],
+        in_reply_to=row["in_reply_to"],
+        created=row["created"],
+        expires=row["expires"],
+        received_at=row["received_at"],
+        outcome=Outcome(row["outcome"]),
+        reason=row["reason"],
+        rule=row["rule"],
+        legal_ref=row["legal_ref"],
+        recipients=tuple(recipients),
+        routed_at=row["routed_at"],
+    )
+
+
+def _event_values(event: StatusEvent) -> dict[str, Any]:
+    return {
+        "message_id": event.message_id,
+        "agency": event.agency,
+        "status": event.status,
+        "at": event.at,
+        "recorded_at": event.recorded_at,
+        "signer": event.signer,
+        "receipt_id": event.receipt_id,
+        "reason": event.reason,
+        "answer": event.answer,
+        "decline_reason": event.decline_reason,
+        "staff_id": event.staff_id,
+    }
+
+
+def _event_from(row: sa.RowMapping) -> StatusEvent:
+    return StatusEvent(
+        message_id=row["message_id"],
+        agency=row["agency"],
+        status=row["status"],
+        at=row["at"],
+        recorded_at=row["recorded_at"],
+        signer=row["signer"],
+        receipt_id=row["receipt_id"],
+        reason=row["reason"],
+        answer=row["answer"],
+        decline_reason=row["decline_reason"],
+        staff_id=row["staff_id"],
+    )
+
+
+class SqlStore:
+    """``broker.records.Store`` over SQLAlchemy async Core.
+
+    Every method commits before it returns.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._url = engine.url
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine, for the parts of the broker that own the other tables."""
+        return self._engine
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()
+
+    def _insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+        # ON CONFLICT is dialect syntax; both dialects spell it the same way.
+        if self._engine.dialect.name == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    async def record_decision(
+        self, record: MessageRecord, events: Sequence[StatusEvent]
+    ) -> Recorded:
+        """Insert the message, its recipients and first events, unless its id exists.
+
+        Race-safe across broker instances: the primary key decides which insert
+        wins, and the loser reads back the winner's record (``created=False``).
+        """
+        if len(set(record.recipients)) != len(record.recipients):
+            raise ValueError("a recipient is listed twice")
+        if any(e.message_id != record.message_id for e in events):
+            raise ValueError("every first event must belong to the recorded message")
+        with _boundary(self._url):
+            async with self._engine.begin() as conn:
+                inserted = (
+                    await conn.execute(
+                        self._insert(MESSAGES)
+                        .values(_message_values(record))
+                        .on_conflict_do_nothing(index_elements=[MESSAGES.c.message_id])
+                        .returning(MESSAGES.c.message_id)
+                    )
+                ).first()
+                created = inserted is not None
+                if created:
+                    if record.recipients:
+                        await conn.execute(
+                            sa.insert(MESSAGE_RECIPIENTS),
+                            [
+                                {"message_id": record.message_id, "agency": a, "position": i}
+                                for i, a in enumerate(record.recipients)
+                            ],
+                        )
+                    await self._insert_events(conn, events)
+                stored = await self._read_message(conn, record.message_id)
+        if stored is None:
+            raise RuntimeError(f"message {record.message_id} vanished while being recorded")
+        return Recorded(record=stored, created=created)
+
+    async def get_message(self, message_id: str) -> MessageRecord | None:
+        """The stored record of a message, or None."""
+        with _boundary(self._url):
+            async with self._engine.connect() as conn:
+                return await self._read_message(conn, message_id)
+
+    async def mark_routed(self, message_id: str, at: datetime) -> None:
+        """Record that every recipient publish was confirmed; the first time stands.
+
+        A message id that is not stored is ignored.
+        """
+        with _boundary(self._url):
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    sa.update(MESSAGES)
+                    .where(MESSAGES.c.message_id == message_id, MESSAGES.c.routed_at.is_(None))
+                    .values(routed_at=at)
+                )
+
+    async def append_events(self, events: Sequence[StatusEvent]) -> int:
+        """Append status events; one whose receipt id is already stored is skipped.
+
+        Returns the number of events actually written.
+        """
+        if not events:
+            return 0
+        with _boundary(self._url):
+            async with self._engine.begin() as conn:
+                return await self._insert_events(conn, events)
+
+    async def timeline(self, message_id: str) -> list[StatusEvent]:
+        """Every status event of a message, oldest first (by ``at``, then insertion)."""
+        query = (
+            sa.select(STATUS_EVENTS)
+            .where(STATUS_EVENTS.c.message_id == message_id)
+            .order_by(STATUS_EVENTS.c.at, STATUS_EVENTS.c.id)
+        )
+        with _boundary(self._url):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(query)).mappings().all()
+        return [_event_from(row) for row in rows]
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` if the database cannot be reached."""
+        with _boundary(self._url):
+            async with self._engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+
+    async def upsert_directory(
+        self, entries: Sequence[tuple[str, str, str, str, datetime]]
+    ) -> None:
+        """Store signed directory entries ``(agency, kid, payload, signature, issued_at)``.
+
+        An entry with a stored (agency, kid) replaces it. Verifying the
+        signatures, and refusing a stale bundle, is the caller's job.
+        """
+        if not entries:
+            return
+        rows = [DirectoryRow(*entry)._asdict() for entry in entries]
+        statement = self._insert(DIRECTORY_ENTRIES)
+        statement = statement.on_conflict_do_update(
+            index_elements=[DIRECTORY_ENTRIES.c.agency, DIRECTORY_ENTRIES.c.kid],
+            set_={
+                "payload": statement.excluded.payload,
+                "signature": statement.excluded.signature,
+                "issued_at": statement.excluded.issued_at,
+            },
+        )
+        with _boundary(self._url):
+            async with self._engine.begin() as conn:
+                await conn.execute(statement, rows)
+
+    async def directory_rows(self) -> list[DirectoryRow]:
+        """Every stored directory entry, by agency and key id."""
+        query = sa.select(DIRECTORY_ENTRIES).order_by(
+            DIRECTORY_ENTRIES.c.agency, DIRECTORY_ENTRIES.c.kid
+        )
+        with _boundary(self._url):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(query)).mappings().all()
+        return [
+            DirectoryRow(
+                agency=row["agency"],
+                kid=row["kid"],
+                payload=row["payload"],
+                signature=row["signature"],
+                issued_at=row["issued_at"],
+            )
+            for row in rows
+        ]
+
+    async def _insert_events(self, conn: AsyncConnection, events: Sequence[StatusEvent]) -> int:
+        # One statement per event keeps insertion ids in the caller's order
+        # (the timeline's tie-break) and tells exactly which were skipped.
+        written = 0
+        for event in events:
+            inserted = (
+                await conn.execute(
+                    self._insert(STATUS_EVENTS)
+                    .values(_event_values(event))
+                    .on_conflict_do_nothing(
+                        index_elements=[STATUS_EVENTS.c.receipt_id],
+                        index_where=_RECEIPT_PRESENT,
+                    )
+                    .returning(STATUS_EVENTS.c.id)
+                )
+            ).first()
+            written += inserted is not None
+        return written
+
+    async def _read_message(self, conn: AsyncConnection, message_id: str) -> MessageRecord | None:
+        row = (
+            (await conn.execute(sa.select(MESSAGES).where(MESSAGES.c.message_id == message_id)))
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return None
+        recipients = (
+            await conn.execute(
+                sa.select(MESSAGE_RECIPIENTS.c.agency)
+                .where(MESSAGE_RECIPIENTS.c.message_id == message_id)
+                .order_by(MESSAGE_RECIPIENTS.c.position)
+            )
+        ).scalars()
+        return _record_from(row, list(recipients))
