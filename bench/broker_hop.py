@@ -38,11 +38,18 @@ from urllib.parse import quote
 
 import aio_pika
 
+from broker.batching import GroupCommitStore
 from broker.metrics import Metrics
 from broker.policy import ExplicitPolicy
 from broker.service import BrokerService
 from broker.store import create_store, migrate
-from broker.topology import INGRESS_EXCHANGE, INGRESS_QUEUE, TYPE_ENVELOPE, agency_queue
+from broker.topology import (
+    DELIVER_EXCHANGE,
+    INGRESS_EXCHANGE,
+    INGRESS_QUEUE,
+    TYPE_ENVELOPE,
+    agency_queue,
+)
 from keys import logs
 from keys.envelope import seal
 from schemas.directory import AgencyType
@@ -164,13 +171,22 @@ def _seal_all(n: int) -> list[bytes]:
     ]
 
 
-async def _hop(url_guest: str, url_sender: str, n: int, window: int, database_url: str) -> float:
+async def _hop(
+    url_guest: str,
+    url_sender: str,
+    *,
+    n: int,
+    window: int,
+    database_url: str,
+    profile: str | None = None,
+    mode: str = "--serve",
+) -> float:
     bodies = _seal_all(n)
     broker = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bench.broker_hop",
-        "--serve",
+        mode,
         url_guest,
         database_url,
         stdout=asyncio.subprocess.PIPE,
@@ -181,6 +197,15 @@ async def _hop(url_guest: str, url_sender: str, n: int, window: int, database_ur
         ready = await asyncio.wait_for(broker.stdout.readline(), timeout=60)
         if ready.strip() != b"ready":
             raise RuntimeError(f"broker process did not start: {ready!r}")
+        spy = None
+        if profile:
+            # py-spy samples the broker process; collapsed stacks, for a flame graph.
+            spy = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).with_name("py-spy")),
+                *("record", "--format", "raw", "--output", profile, "--pid", str(broker.pid)),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
         consumer = asyncio.create_task(
             _consume(url_guest, agency_queue(RECIPIENT.agency), n, window)
         )
@@ -193,6 +218,9 @@ async def _hop(url_guest: str, url_sender: str, n: int, window: int, database_ur
             window=window,
         )
         finished = await consumer
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            await asyncio.wait_for(spy.wait(), timeout=60)
         return n / (finished - started)
     finally:
         broker.terminate()
@@ -206,7 +234,7 @@ async def _serve(url: str, database_url: str, policy_text: str) -> None:
     store = create_store(database_url)
     service = BrokerService(
         amqp_url=url,
-        store=store,
+        store=GroupCommitStore(store),
         directory=signed_directory(AGENCIES, at=datetime.now(UTC) - timedelta(days=1)),
         broker_key=BROKER.sender,
         policy=ExplicitPolicy.from_toml(policy_text),
@@ -222,14 +250,48 @@ async def _serve(url: str, database_url: str, policy_text: str) -> None:
     await store.close()
 
 
+async def _forward(url: str) -> None:
+    """A bare forwarder, the ceiling for any broker in Python on this machine.
+
+    Consumes backa.ingress and publishes each body, with a confirm, to the
+    recipient's queue, then acks: the broker's RabbitMQ traffic minus its
+    receipt, with no verification, policy, store or logging at all.
+    """
+    connection = await aio_pika.connect(url)
+    async with connection:
+        consumer = await connection.channel()
+        await consumer.set_qos(prefetch_count=256)
+        publisher = await connection.channel(publisher_confirms=True)
+        exchange = await publisher.get_exchange(DELIVER_EXCHANGE, ensure=False)
+        queue = await consumer.get_queue(INGRESS_QUEUE, ensure=False)
+
+        async def forward(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            await exchange.publish(
+                aio_pika.Message(message.body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=RECIPIENT.agency,
+            )
+            await message.ack()
+
+        await queue.consume(forward)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        print("ready", flush=True)
+        await stop.wait()
+
+
 def main() -> None:
     """Measure raw and broker hop in one run; print both, the ratio and a JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--window", type=int, default=200)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--profile", help="record the broker process with py-spy into FILE")
     parser.add_argument("--serve", nargs=2, metavar=("AMQP_URL", "DATABASE_URL"))
+    parser.add_argument("--forward", nargs=2, metavar=("AMQP_URL", "UNUSED"))
     args = parser.parse_args()
+    if args.forward:
+        asyncio.run(_forward(args.forward[0]))
+        return
     if args.serve:
         url, database_url = args.serve
         asyncio.run(_serve(url, database_url, POLICY_FILE.read_text(encoding="utf-8")))
@@ -250,9 +312,20 @@ def main() -> None:
                 _hop(
                     url_guest,
                     _url(SENDER.agency, password, vhost),
-                    args.messages,
-                    args.window,
-                    database_url,
+                    n=args.messages,
+                    window=args.window,
+                    database_url=database_url,
+                    profile=args.profile,
+                )
+            )
+            bare = asyncio.run(
+                _hop(
+                    url_guest,
+                    _url(SENDER.agency, password, vhost),
+                    n=args.messages,
+                    window=args.window,
+                    database_url=database_url,
+                    mode="--forward",
                 )
             )
         finally:
@@ -266,6 +339,8 @@ def main() -> None:
     ).stdout.strip()
     print(f"broker hop, {args.messages} messages of 2 KiB, {args.window} in flight")
     print(f"  raw aio-pika publish+consume (quorum queue)  {raw:8.0f} msg/s")
+    print(f"  bare forwarder (no checks, store, receipt)    {bare:8.0f} msg/s", end="")
+    print(f"   ratio {bare / raw:.2f}")
     print(f"  ingress -> broker -> recipient queue          {hop:8.0f} msg/s", end="")
     print(f"   ratio {hop / raw:.2f}")
     print(
@@ -276,6 +351,8 @@ def main() -> None:
                 "msgs_per_s": round(hop),
                 "raw_msgs_per_s": round(raw),
                 "ratio": round(hop / raw, 3),
+                "bare_forward_msgs_per_s": round(bare),
+                "bare_forward_ratio": round(bare / raw, 3),
                 "store": database_url.split(":", 1)[0],
                 "cpu_count": os.cpu_count(),
                 "rabbitmq": version,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 
+from broker.batching import GroupCommitStore
 from broker.http import create_app, serve_http
 from broker.metrics import Metrics
 from broker.policy import ExplicitPolicy, PolicyFileError
@@ -89,7 +90,7 @@ async def serve(
     store = create_store(database_url)
     service = BrokerService(
         amqp_url=settings.amqp_url.get_secret_value(),
-        store=store,
+        store=GroupCommitStore(store),
         directory=directory,
         broker_key=broker_key,
         policy=policy,

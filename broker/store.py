@@ -34,6 +34,7 @@ import asyncio
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -51,8 +52,15 @@ from broker.errors import Unavailable
 from broker.records import MessageRecord, Outcome, Recorded, StatusEvent
 
 __all__ = [
+    "AUDIT_ENTRIES",
+    "CONSENTS",
+    "DEADLINES",
+    "DIRECTORY_ENTRIES",
+    "MESSAGES",
+    "MESSAGE_RECIPIENTS",
     "METADATA",
     "MIGRATION_LOCK_KEY",
+    "STATUS_EVENTS",
     "DirectoryRow",
     "SqlStore",
     "StoreUnavailable",
@@ -360,7 +368,14 @@ def build_engine(url: str | URL, *, pooled: bool = True) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        pool: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
+        # One connection: SQLite has one writer at a time, and several pooled
+        # connections would wait for each other in SQLite's sleeping busy handler
+        # (measured: ~60 msg/s); queueing for the one connection in asyncio is fast.
+        pool: dict[str, Any] = (
+            {"pool_size": 1, "max_overflow": 0, "pool_timeout": CONNECT_TIMEOUT_S}
+            if pooled
+            else {"poolclass": NullPool}
+        )
         engine = create_async_engine(parsed, **pool)
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
@@ -411,7 +426,7 @@ def _upgrade_head(url: URL) -> None:
     # Passed as an attribute, not an ini option: a percent-encoded password
     # would be mangled by configparser interpolation.
     config.attributes["url"] = url.render_as_string(hide_password=False)
-    if True:
+    with _ALEMBIC_LOCK:
         command.upgrade(config, "head")
 
 
@@ -542,35 +557,75 @@ class SqlStore:
         Race-safe across broker instances: the primary key decides which insert
         wins, and the loser reads back the winner's record (``created=False``).
         """
-        if len(set(record.recipients)) != len(record.recipients):
-            raise ValueError("a recipient is listed twice")
-        if any(e.message_id != record.message_id for e in events):
-            raise ValueError("every first event must belong to the recorded message")
+        (recorded,) = await self.record_decisions([(record, events)])
+        return recorded
+
+    async def record_decisions(
+        self, items: Sequence[tuple[MessageRecord, Sequence[StatusEvent]]]
+    ) -> list[Recorded]:
+        """``record_decision`` for each item, in order, in one transaction (group commit).
+
+        An id that appears twice is created by its first item; the second gets
+        ``created=False``, exactly as two separate calls would.
+        """
+        for record, events in items:
+            if len(set(record.recipients)) != len(record.recipients):
+                raise ValueError("a recipient is listed twice")
+            if any(e.message_id != record.message_id for e in events):
+                raise ValueError("every first event must belong to the recorded message")
         with _boundary(self._url):
             async with self._engine.begin() as conn:
-                inserted = (
-                    await conn.execute(
-                        self._insert(MESSAGES)
-                        .values(_message_values(record))
-                        .on_conflict_do_nothing(index_elements=[MESSAGES.c.message_id])
-                        .returning(MESSAGES.c.message_id)
-                    )
-                ).first()
-                created = inserted is not None
-                if created:
-                    if record.recipients:
-                        await conn.execute(
-                            sa.insert(MESSAGE_RECIPIENTS),
-                            [
-                                {"message_id": record.message_id, "agency": a, "position": i}
-                                for i, a in enumerate(record.recipients)
-                            ],
-                        )
-                    await self._insert_events(conn, events)
-                stored = await self._read_message(conn, record.message_id)
-        if stored is None:
-            raise RuntimeError(f"message {record.message_id} vanished while being recorded")
-        return Recorded(record=stored, created=created)
+                return await self._record_many(conn, items)
+
+    async def _record_many(
+        self,
+        conn: AsyncConnection,
+        items: Sequence[tuple[MessageRecord, Sequence[StatusEvent]]],
+    ) -> list[Recorded]:
+        # One statement per table for the whole batch, parameters bound in
+        # bulk: building a statement per message cost more CPU than SQLite's
+        # commit (profiled with bench/broker_hop.py --profile).
+        first: dict[str, MessageRecord] = {}
+        for record, _events in items:
+            first.setdefault(record.message_id, record)
+        inserted = set(
+            (
+                await conn.execute(
+                    self._insert(MESSAGES)
+                    .on_conflict_do_nothing(index_elements=[MESSAGES.c.message_id])
+                    .returning(MESSAGES.c.message_id),
+                    [_message_values(r) for r in first.values()],
+                )
+            ).scalars()
+        )
+
+        def is_new(record: MessageRecord) -> bool:
+            return record.message_id in inserted and first[record.message_id] is record
+
+        new_items = [(record, events) for record, events in items if is_new(record)]
+        recipients = [
+            {"message_id": record.message_id, "agency": agency, "position": position}
+            for record, _events in new_items
+            for position, agency in enumerate(record.recipients)
+        ]
+        if recipients:
+            await conn.execute(sa.insert(MESSAGE_RECIPIENTS), recipients)
+        events = [event for _record, batch in new_items for event in batch]
+        if any(event.receipt_id is not None for event in events):
+            await self._insert_events(conn, events)  # receipts need the per-event dedupe
+        elif events:
+            await conn.execute(sa.insert(STATUS_EVENTS), [_event_values(e) for e in events])
+        results: list[Recorded] = []
+        for record, _events in items:
+            if is_new(record):
+                # What was just written is what is stored: no need to read it back.
+                results.append(Recorded(record=replace(record, routed_at=None), created=True))
+                continue
+            stored = await self._read_message(conn, record.message_id)
+            if stored is None:
+                raise RuntimeError(f"message {record.message_id} vanished while being recorded")
+            results.append(Recorded(record=stored, created=False))
+        return results
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
         """The stored record of a message, or None."""
@@ -583,12 +638,22 @@ class SqlStore:
 
         A message id that is not stored is ignored.
         """
+        await self.mark_routed_many([(message_id, at)])
+
+    async def mark_routed_many(self, marks: Sequence[tuple[str, datetime]]) -> None:
+        """``mark_routed`` for each (message id, time), in one transaction."""
+        if not marks:
+            return
         with _boundary(self._url):
             async with self._engine.begin() as conn:
                 await conn.execute(
                     sa.update(MESSAGES)
-                    .where(MESSAGES.c.message_id == message_id, MESSAGES.c.routed_at.is_(None))
-                    .values(routed_at=at)
+                    .where(
+                        MESSAGES.c.message_id == sa.bindparam("routed_id"),
+                        MESSAGES.c.routed_at.is_(None),
+                    )
+                    .values(routed_at=sa.bindparam("routed_at_value")),
+                    [{"routed_id": mid, "routed_at_value": at} for mid, at in marks],
                 )
 
     async def append_events(self, events: Sequence[StatusEvent]) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 import aio_pika
 import pytest
 
+from broker.batching import GroupCommitStore
 from broker.metrics import Metrics
 from broker.policy import ExplicitPolicy
 from broker.provision import RabbitmqctlRunner
@@ -170,7 +171,7 @@ async def _start(vhost: str, store: Store) -> BrokerService:
 @pytest.fixture
 async def harness(agency_users: str, store: SqlStore) -> AsyncIterator[Harness]:
     """A started broker on a fresh database, with every agency queue emptied first."""
-    service = await _start(agency_users, store)
+    service = await _start(agency_users, GroupCommitStore(store))
     admin = await aio_pika.connect(amqp_url_for(agency_users))
     channel = await admin.channel()
     for agency in AGENCIES:

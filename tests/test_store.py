@@ -112,8 +112,10 @@ async def test_record_decision_inserts_then_returns_the_existing_record(store: S
     assert [e.status for e in await store.timeline(first.message_id)] == ["accepted"]
 
 
-async def test_concurrent_record_decision_creates_exactly_one(store: SqlStore) -> None:
-    """Ten concurrent decisions on one id, over several connections, create one record."""
+async def test_concurrent_record_decision_creates_exactly_one(
+    store: SqlStore, database_url: str
+) -> None:
+    """Ten concurrent decisions on one id, from three instances' connections, create one record."""
     message_id = str(uuid.uuid4())
     in_use = most_in_use = 0
 
@@ -126,13 +128,23 @@ async def test_concurrent_record_decision_creates_exactly_one(store: SqlStore) -
         nonlocal in_use
         in_use -= 1
 
-    sa.event.listen(store.engine.sync_engine, "checkout", checkout)
-    sa.event.listen(store.engine.sync_engine, "checkin", checkin)
-    # Each contender carries its own digest, so the winner is recognisable.
-    contenders = [_record(message_id, digest=f"{i:064x}") for i in range(10)]
-    results = await asyncio.gather(
-        *(store.record_decision(r, [_event(message_id, "accepted")]) for r in contenders)
-    )
+    # Three stores on one database stand for three broker instances.
+    instances = [store, create_store(database_url), create_store(database_url)]
+    try:
+        for instance in instances:
+            sa.event.listen(instance.engine.sync_engine, "checkout", checkout)
+            sa.event.listen(instance.engine.sync_engine, "checkin", checkin)
+        # Each contender carries its own digest, so the winner is recognisable.
+        contenders = [_record(message_id, digest=f"{i:064x}") for i in range(10)]
+        results = await asyncio.gather(
+            *(
+                instances[i % len(instances)].record_decision(r, [_event(message_id, "accepted")])
+                for i, r in enumerate(contenders)
+            )
+        )
+    finally:
+        for instance in instances[1:]:
+            await instance.close()
 
     assert most_in_use > 1, "the contenders never overlapped: the test proves nothing"
     assert sum(r.created for r in results) == 1
