@@ -40,6 +40,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
+    AbstractRobustExchange,
 )
 
 from broker import receipts
@@ -56,6 +57,7 @@ from broker.topology import (
     TYPE_ENVELOPE,
     TYPE_RECEIPT,
     agency_queue,
+    queues,
 )
 from keys.directory import Directory
 from keys.envelope import SenderKey
@@ -105,6 +107,7 @@ class BrokerService:
     shutdown_grace_s: float = 20.0
     _connection: AbstractRobustConnection | None = field(default=None, init=False)
     _publisher: AbstractRobustChannel | None = field(default=None, init=False)
+    _deliver: AbstractRobustExchange | None = field(default=None, init=False)
     _consumers: list[tuple[AbstractQueue, str]] = field(default_factory=list, init=False)
     _inflight: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     _stopping: bool = field(default=False, init=False)
@@ -120,8 +123,18 @@ class BrokerService:
         await declare_topology(self._publisher, agencies)
         consumer = await self._connection.channel()
         await consumer.set_qos(prefetch_count=self.prefetch)
-        ingress = await consumer.get_queue(INGRESS_QUEUE, ensure=False)
-        dead = await consumer.get_queue(DEAD_LETTER_QUEUE, ensure=False)
+        # Declared (not merely looked up), so that the robust channel re-declares
+        # them and restores their consumers after a reconnect.
+        arguments = {q.name: q.arguments for q in queues(agencies)}
+        ingress = await consumer.declare_queue(
+            INGRESS_QUEUE, durable=True, arguments=arguments[INGRESS_QUEUE]
+        )
+        dead = await consumer.declare_queue(
+            DEAD_LETTER_QUEUE, durable=True, arguments=arguments[DEAD_LETTER_QUEUE]
+        )
+        self._deliver = await self._publisher.declare_exchange(
+            DELIVER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+        )
         self._consumers = [
             (ingress, await ingress.consume(self._spawn(self._on_ingress), no_ack=False)),
             (dead, await dead.consume(self._spawn(self._on_dead_letter), no_ack=False)),
@@ -460,10 +473,9 @@ class BrokerService:
     async def _publish(
         self, agency: str, body: bytes, *, message_type: str, message_id: str | None
     ) -> None:
-        if self._publisher is None:
+        if self._deliver is None:
             raise ConnectionError("the broker is not started")
-        exchange = await self._publisher.get_exchange(DELIVER_EXCHANGE, ensure=False)
-        await exchange.publish(
+        await self._deliver.publish(
             aio_pika.Message(
                 body,
                 content_type="application/json",
