@@ -45,6 +45,8 @@ pytest: venv
 
 bench: venv
 	$(BIN)/python -m bench.envelope
+	deploy/dev/ensure-rabbitmq.sh
+	$(BIN)/python -m bench.broker_hop
 
 # Regenerate the exported JSON Schema after changing a model in schemas/.
 schemas: venv
