@@ -273,7 +273,11 @@ def verify(data: bytes | Envelope, *, keys: KeyLookup, now: datetime) -> Verifie
     checked separately (``keys.replay``), since they need state.
     """
     envelope = parse_envelope(data)
-    protected = b64url_decode(envelope.protected)
+    try:
+        protected = b64url_decode(envelope.protected)
+        ciphertext = b64url_decode(envelope.ciphertext)
+    except ValueError:
+        raise _refuse("malformed_envelope") from None
     try:
         header = ProtectedHeader.model_validate_json(protected)
     except ValidationError:
@@ -283,7 +287,6 @@ def verify(data: bytes | Envelope, *, keys: KeyLookup, now: datetime) -> Verifie
     )
     if signing_key is None:
         raise _refuse("sender_key_unknown_or_not_valid", header.id)
-    ciphertext = b64url_decode(envelope.ciphertext)
     signed = signature_input(protected, ciphertext)
     try:
         signing_key.verify(b64url_decode(envelope.signature), signed)

@@ -116,17 +116,13 @@ NonceB64 = Annotated[
 ]
 
 #: The protected header bytes of an envelope, base64url (at most 64 KiB of text).
-ProtectedB64 = Annotated[
-    str, _B64URL, StringConstraints(min_length=1, max_length=65_536), AfterValidator(_valid_b64url)
-]
+# The two large envelope fields are checked by pattern and length only here:
+# keys.envelope.verify decodes them (strictly, canonical form only) exactly once,
+# and decoding every large field twice showed up in the broker's profile.
+ProtectedB64 = Annotated[str, _B64URL, StringConstraints(min_length=1, max_length=65_536)]
 
 #: Envelope ciphertext, base64url; content is at most MAX_CONTENT_BYTES.
-CiphertextB64 = Annotated[
-    str,
-    _B64URL,
-    StringConstraints(min_length=22, max_length=1_400_000),
-    AfterValidator(_valid_b64url),
-]
+CiphertextB64 = Annotated[str, _B64URL, StringConstraints(min_length=22, max_length=1_400_000)]
 
 #: A signed payload (directory entry, consent, receipt body), base64url.
 PayloadB64 = Annotated[
