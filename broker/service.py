@@ -62,6 +62,7 @@ from broker.topology import (
 from keys.directory import Directory
 from keys.envelope import SenderKey
 from keys.replay import DEFAULT_WINDOW, ClockWindow
+from schemas.envelope import ProtectedHeader
 from schemas.reasons import ReasonCode
 from schemas.receipts import SignedReceipt
 
@@ -260,28 +261,13 @@ class BrokerService:
 
     async def _route(self, route: Route, now: datetime) -> Summary:
         header = route.header
-        record = MessageRecord(
-            message_id=header.id,
+        record = _record(
+            header,
             digest=route.verified.digest,
-            kind=header.kind.value,
-            sender=header.sender.agency,
-            sender_kid=header.sender.kid,
-            child=header.child,
-            basis_type=header.basis.type,
-            basis_ref=(
-                header.basis.consent_id if header.basis.type == "consent" else header.basis.ref
-            ),
-            purpose=header.purpose.value,
-            thread=header.thread,
-            in_reply_to=header.in_reply_to,
-            created=header.created,
-            expires=header.expires,
             received_at=now,
             outcome=Outcome.ACCEPTED,
-            reason=None,
             rule=route.decision.rule,
             legal_ref=route.decision.legal_ref,
-            recipients=route.recipients,
         )
         accepted = StatusEvent(
             message_id=header.id,
@@ -358,28 +344,12 @@ class BrokerService:
         }
         if reject.header is not None:
             header = reject.header
-            record = MessageRecord(
-                message_id=header.id,
+            record = _record(
+                header,
                 digest=reject.digest,
-                kind=header.kind.value,
-                sender=header.sender.agency,
-                sender_kid=header.sender.kid,
-                child=header.child,
-                basis_type=header.basis.type,
-                basis_ref=(
-                    header.basis.consent_id if header.basis.type == "consent" else header.basis.ref
-                ),
-                purpose=header.purpose.value,
-                thread=header.thread,
-                in_reply_to=header.in_reply_to,
-                created=header.created,
-                expires=header.expires,
                 received_at=now,
                 outcome=Outcome.REJECTED,
                 reason=reject.reason.value,
-                rule=None,
-                legal_ref=None,
-                recipients=tuple(r.agency for r in header.recipients),
             )
             event = StatusEvent(
                 message_id=header.id,
@@ -554,6 +524,41 @@ class BrokerService:
 
 
 Summary = tuple[str, str, dict[str, object]]
+
+
+def _record(
+    header: ProtectedHeader,
+    *,
+    digest: str,
+    received_at: datetime,
+    outcome: Outcome,
+    reason: str | None = None,
+    rule: str | None = None,
+    legal_ref: str | None = None,
+) -> MessageRecord:
+    """What the store keeps of a message: its verified header's metadata and the decision."""
+    basis = header.basis
+    return MessageRecord(
+        message_id=header.id,
+        digest=digest,
+        kind=header.kind.value,
+        sender=header.sender.agency,
+        sender_kid=header.sender.kid,
+        child=header.child,
+        basis_type=basis.type,
+        basis_ref=basis.consent_id if basis.type == "consent" else basis.ref,
+        purpose=header.purpose.value,
+        thread=header.thread,
+        in_reply_to=header.in_reply_to,
+        created=header.created,
+        expires=header.expires,
+        received_at=received_at,
+        outcome=outcome,
+        reason=reason,
+        rule=rule,
+        legal_ref=legal_ref,
+        recipients=tuple(r.agency for r in header.recipients),
+    )
 
 
 def _channel_gone(message: AbstractIncomingMessage) -> bool:
