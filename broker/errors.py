@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 
-def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+def error_body(code: str, message: str) -> dict[str, dict[str, object]]:
     """The JSON error body every failing HTTP response carries."""
     return {"error": {"code": code, "message": message}}
 
@@ -62,7 +62,7 @@ class BrokerError(Exception):
         self.message = message if message is not None else self.default_message
         super().__init__(self.message)
 
-    def body(self) -> dict[str, dict[str, str]]:
+    def body(self) -> dict[str, dict[str, object]]:
         """This error as the JSON error body."""
         return error_body(self.code, self.message)
 

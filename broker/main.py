@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from keys.policy import PolicyError, PolicyFile, load_policy
 
 from broker.batching import GroupCommitStore
+from broker.consent_http import add_consent_routes
+from broker.consents import ConsentBook, ConsentPolicy, ConsentRegistry
 from broker.http import create_app, serve_http
 from broker.metrics import Metrics
-from broker.policy import ExplicitPolicy, PolicyFileError
 from broker.service import BrokerService, utc_now
 from broker.settings import BrokerSettings
 from broker.store import create_store, migrate
@@ -45,7 +47,7 @@ class Running:
 
 def _load(
     settings: BrokerSettings, passphrase: bytes | None, allow_insecure: bool
-) -> tuple[Directory, SenderKey, ExplicitPolicy]:
+) -> tuple[Directory, SenderKey, PolicyFile]:
     try:
         directory = load_directory(settings.area_dir)
         broker_key = load_broker_key(
@@ -54,13 +56,9 @@ def _load(
     except KeysError as exc:
         raise StartupError(f"{settings.area_dir}: {exc}") from exc
     try:
-        policy = ExplicitPolicy.from_toml(
-            settings.policy_file.read_text(encoding="utf-8"), source=str(settings.policy_file)
-        )
-    except OSError as exc:
-        raise StartupError(f"cannot read BACKA_POLICY_FILE {settings.policy_file}: {exc}") from exc
-    except PolicyFileError as exc:
-        raise StartupError(str(exc)) from exc
+        policy = load_policy(settings.policy_file)
+    except PolicyError as exc:
+        raise StartupError(f"BACKA_POLICY_FILE: {exc}") from exc
     return directory, broker_key.sender, policy
 
 
@@ -88,12 +86,13 @@ async def serve(
             Path(path).parent.mkdir(parents=True, exist_ok=True)
     await migrate(database_url)
     store = create_store(database_url)
+    book = ConsentBook()
     service = BrokerService(
         amqp_url=settings.amqp_url.get_secret_value(),
         store=GroupCommitStore(store),
         directory=directory,
         broker_key=broker_key,
-        policy=policy,
+        policy=ConsentPolicy(policy=policy, book=book),
         metrics=Metrics(),
         prefetch=settings.prefetch,
         max_bytes=settings.max_message_bytes,
@@ -113,6 +112,14 @@ async def serve(
                 )
             ]
         )
+        registry = ConsentRegistry(
+            store=store,
+            book=book,
+            policy=policy,
+            directory=lambda: directory,
+            broadcast=service.broadcast_consent,
+        )
+        consents = await registry.load()
         await service.start()
         app = create_app(
             store=store,
@@ -121,11 +128,12 @@ async def serve(
             metrics=service.metrics,
             clock=utc_now,
         )
+        add_consent_routes(app, registry)
         runner = await serve_http(
             app, host=settings.http_host, port=settings.http_port, ssl_context=ssl_context
         )
         port = _bound_port(runner, settings.http_port)
-        _log.info("broker_serving", http_port=port, area=directory.area)
+        _log.info("broker_serving", http_port=port, area=directory.area, consents=consents)
         if ready is not None:
             ready.set_result(Running(http_port=port))
         await stop.wait()

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,11 +50,13 @@ from broker.metrics import Metrics
 from broker.pipeline import Ingress, Reject, Relay, Route, evaluate, is_message_id
 from broker.policy import Policy
 from broker.records import MessageRecord, Outcome, StatusEvent, Store
-from broker.store import StoreUnavailable
+from broker.store import ConsentRow, StoreUnavailable
 from broker.topology import (
+    CONTROL_EXCHANGE,
     DEAD_LETTER_QUEUE,
     DELIVER_EXCHANGE,
     INGRESS_QUEUE,
+    TYPE_CONTROL,
     TYPE_ENVELOPE,
     TYPE_RECEIPT,
     agency_queue,
@@ -109,6 +112,7 @@ class BrokerService:
     _connection: AbstractRobustConnection | None = field(default=None, init=False)
     _publisher: AbstractRobustChannel | None = field(default=None, init=False)
     _deliver: AbstractRobustExchange | None = field(default=None, init=False)
+    _control: AbstractRobustExchange | None = field(default=None, init=False)
     _consumers: list[tuple[AbstractQueue, str]] = field(default_factory=list, init=False)
     _inflight: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     _stopping: bool = field(default=False, init=False)
@@ -135,6 +139,9 @@ class BrokerService:
         )
         self._deliver = await self._publisher.declare_exchange(
             DELIVER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        self._control = await self._publisher.declare_exchange(
+            CONTROL_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
         )
         self._consumers = [
             (ingress, await ingress.consume(self._spawn(self._on_ingress), no_ack=False)),
@@ -456,6 +463,53 @@ class BrokerService:
             ),
             routing_key=agency,
             mandatory=True,
+        )
+
+    # --- consent broadcasts -------------------------------------------------------------------
+
+    async def broadcast_consent(self, event: str, row: ConsentRow, parties: Sequence[str]) -> None:
+        """Tell the consent's parties (their queues) and other broker instances (control).
+
+        The signed consent and, once revoked, the signed revocation travel with
+        the notice, so an adapter verifies the revoker's signature itself and
+        need not trust the broker's word. Only parties are told: other agencies
+        have no need to know that a consent about this child exists.
+        """
+        body = json.dumps(
+            {
+                "event": f"consent_{event}",
+                "consent_id": row.consent_id,
+                "child": row.child,
+                "revoked_at": None if row.revoked_at is None else row.revoked_at.isoformat(),
+                "consent": {"payload": row.payload, "signature": row.signature},
+                "revocation": (
+                    None
+                    if row.revocation_payload is None
+                    else {"payload": row.revocation_payload, "signature": row.revocation_signature}
+                ),
+            },
+            sort_keys=True,
+        ).encode()
+        if self._control is None:
+            raise ConnectionError("the broker is not started")
+        message_id = receipts.receipt_id(row.consent_id, f"consent_{event}")
+        await self._control.publish(
+            aio_pika.Message(
+                body,
+                type=TYPE_CONTROL,
+                message_id=message_id,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                content_type="application/json",
+                app_id="backa-broker",
+            ),
+            routing_key="",
+            mandatory=False,  # no broker instance listening is not an error
+        )
+        await asyncio.gather(
+            *(
+                self._publish(agency, body, message_type=TYPE_CONTROL, message_id=message_id)
+                for agency in parties
+            )
         )
 
     # --- dead letters -----------------------------------------------------------------------

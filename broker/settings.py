@@ -26,8 +26,8 @@ class BrokerSettings(BaseSettings):
     database_url: SecretStr = SecretStr("sqlite+aiosqlite:///var/broker.db")
     #: The area's key directory (made by ``backa keys init``).
     area_dir: Path = Path("var/area-keys")
-    #: The allow-list used until the consent policy engine exists (issue #4).
-    policy_file: Path = Path("deploy/policy/explicit.toml")
+    #: The consent and legal-basis rules (reviewable by a lawyer; see the file's header).
+    policy_file: Path = Path("deploy/policy/sweden.toml")
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8443, ge=0, le=65535)
     max_message_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1024, le=16_000_000)

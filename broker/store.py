@@ -61,6 +61,7 @@ __all__ = [
     "METADATA",
     "MIGRATION_LOCK_KEY",
     "STATUS_EVENTS",
+    "ConsentRow",
     "DirectoryRow",
     "SqlStore",
     "StoreUnavailable",
@@ -300,6 +301,21 @@ class DirectoryRow(NamedTuple):
     payload: str
     signature: str
     issued_at: datetime
+
+
+class ConsentRow(NamedTuple):
+    """One registered consent as signed, and its signed revocation once revoked."""
+
+    consent_id: str
+    child: str
+    payload: str
+    signature: str
+    valid_from: datetime
+    valid_until: datetime
+    registered_at: datetime
+    revoked_at: datetime | None = None
+    revocation_payload: str | None = None
+    revocation_signature: str | None = None
 
 
 # A constraint or query fault is a bug to fix, not an outage to wait out.
@@ -763,3 +779,56 @@ class SqlStore:
             )
         ).scalars()
         return _record_from(row, list(recipients))
+
+    async def register_consent(self, row: ConsentRow) -> bool:
+        """Store a verified consent; False (and nothing written) if its id is already stored."""
+        with _boundary(self._url):
+            async with self._engine.begin() as conn:
+                inserted = (
+                    await conn.execute(
+                        self._insert(CONSENTS)
+                        .values(row._asdict())
+                        .on_conflict_do_nothing(index_elements=[CONSENTS.c.consent_id])
+                        .returning(CONSENTS.c.consent_id)
+                    )
+                ).first()
+        return inserted is not None
+
+    async def revoke_consent(
+        self, consent_id: str, *, revoked_at: datetime, payload: str, signature: str
+    ) -> ConsentRow | None:
+        """Record a verified revocation; the first one stands (forward only, never undone).
+
+        Returns the consent as stored afterwards, or None if it was never registered.
+        """
+        with _boundary(self._url):
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    sa.update(CONSENTS)
+                    .where(CONSENTS.c.consent_id == consent_id, CONSENTS.c.revoked_at.is_(None))
+                    .values(
+                        revoked_at=revoked_at,
+                        revocation_payload=payload,
+                        revocation_signature=signature,
+                    )
+                )
+                row = (
+                    (
+                        await conn.execute(
+                            sa.select(CONSENTS).where(CONSENTS.c.consent_id == consent_id)
+                        )
+                    )
+                    .mappings()
+                    .first()
+                )
+        return None if row is None else ConsentRow(**row)
+
+    async def consents(self, *, child: str | None = None) -> list[ConsentRow]:
+        """Every stored consent (of one child, if given), oldest registration first."""
+        query = sa.select(CONSENTS).order_by(CONSENTS.c.registered_at, CONSENTS.c.consent_id)
+        if child is not None:
+            query = query.where(CONSENTS.c.child == child)
+        with _boundary(self._url):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(query)).mappings().all()
+        return [ConsentRow(**row) for row in rows]
