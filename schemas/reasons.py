@@ -76,6 +76,9 @@ class ReasonCode(StrEnum):
     SENDER_TYPE_NOT_ALLOWED = "sender_type_not_allowed"
     # A condition of the policy rule does not hold (e.g. the child is not a minor).
     CONDITION_NOT_MET = "condition_not_met"
+    # The legal basis allows this kind, sender and recipients, but only for
+    # other purposes than the message names.
+    BASIS_NOT_ALLOWED_FOR_PURPOSE = "basis_not_allowed_for_purpose"
     # RabbitMQ's quorum-queue delivery limit was reached: the recipient kept failing.
     DELIVERY_LIMIT = "delivery_limit"
     # Accepted, but no recipient could take it (dead-lettered for another reason).
@@ -90,6 +93,18 @@ class ReasonCode(StrEnum):
     UNKNOWN_MESSAGE = "unknown_message"
     # A receipt does not match its message: wrong digest, or its signer is not a recipient.
     RECEIPT_MISMATCH = "receipt_mismatch"
+    # Consent registration (refused before a consent is stored, never for a message):
+    # not every custodial guardian consented (all of them must; joint custody means two).
+    CONSENT_GUARDIAN_MISSING = "consent_guardian_missing"
+    # The child's own view was not recorded; its age decides what the consent needs.
+    CONSENT_CHILD_VIEW_MISSING = "consent_child_view_missing"
+    # The child is old or mature enough that its own consent is needed, and it
+    # was not given (OSL 12 kap. 3 §, by the ages in the policy file).
+    CONSENT_CHILD_CONSENT_MISSING = "consent_child_consent_missing"
+    # The validity is in the past, longer than the policy allows, or backdated.
+    CONSENT_VALIDITY_INVALID = "consent_validity_invalid"
+    # A party named by agency id is not in the area directory, or is the broker.
+    CONSENT_UNKNOWN_PARTY = "consent_unknown_party"
 
 
 REASON_TEXT: dict[ReasonCode, str] = {
@@ -187,6 +202,10 @@ REASON_TEXT: dict[ReasonCode, str] = {
         "The legal basis does not allow your type of agency to send this; use a consent "
         "or ask the agency that holds the duty."
     ),
+    ReasonCode.BASIS_NOT_ALLOWED_FOR_PURPOSE: (
+        "The legal basis does not allow sharing for this purpose; choose the purpose the "
+        "basis covers or use a consent."
+    ),
     ReasonCode.CONDITION_NOT_MET: (
         "A condition of the legal basis is not met; check the rule's legal reference "
         "and use a consent instead."
@@ -210,5 +229,25 @@ REASON_TEXT: dict[ReasonCode, str] = {
     ReasonCode.INTERNAL_ERROR: (
         "The broker failed on its side; send again later and contact the area's "
         "operator if it persists."
+    ),
+    ReasonCode.CONSENT_GUARDIAN_MISSING: (
+        "Not every custodial guardian has consented; obtain and record the consent of "
+        "each guardian with custody, both of them under joint custody."
+    ),
+    ReasonCode.CONSENT_CHILD_VIEW_MISSING: (
+        "The child's own view is not recorded; record the child's age, maturity and "
+        "whether the child consents."
+    ),
+    ReasonCode.CONSENT_CHILD_CONSENT_MISSING: (
+        "The child is old or mature enough that the child's own consent is needed; "
+        "obtain it or share under a legal basis instead."
+    ),
+    ReasonCode.CONSENT_VALIDITY_INVALID: (
+        "The consent's validity is in the past, longer than the area's policy allows or "
+        "backdated; register it from today for a shorter period."
+    ),
+    ReasonCode.CONSENT_UNKNOWN_PARTY: (
+        "A party of the consent is not an agency of the area that can share; check the "
+        "agency id in the directory or name the party by agency type."
     ),
 }

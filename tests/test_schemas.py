@@ -890,7 +890,9 @@ PUBLISHED_REASON_CODES = {
     "consent_scope_purpose", "consent_child_mismatch", "basis_not_allowed_for_kind",
     "recipient_type_not_allowed", "sender_type_not_allowed", "condition_not_met",
     "delivery_limit", "undeliverable", "not_opened", "policy_unavailable", "internal_error",
-    "unknown_message", "receipt_mismatch",
+    "unknown_message", "receipt_mismatch", "basis_not_allowed_for_purpose",
+    "consent_guardian_missing", "consent_child_view_missing", "consent_child_consent_missing",
+    "consent_validity_invalid", "consent_unknown_party",
 }  # fmt: skip
 
 
