@@ -15,12 +15,20 @@ first revocation's time stands.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
 import structlog
+from pydantic import ValidationError
+
+from broker.errors import BadRequest, BrokerError, Forbidden, NotFound
+from broker.policy import Decision
+from broker.store import ConsentRow, SqlStore
+from keys.ca import PeerIdentity, Role
+from keys.directory import Directory
 from keys.policy import (
     ConsentProblem,
     ConsentState,
@@ -29,13 +37,6 @@ from keys.policy import (
     decide,
     validate_consent,
 )
-from pydantic import ValidationError
-
-from broker.errors import BadRequest, BrokerError, Forbidden, NotFound
-from broker.policy import Decision
-from broker.store import ConsentRow, SqlStore
-from keys.ca import PeerIdentity, Role
-from keys.directory import Directory
 from keys.signed import InvalidSignedPayload, verify_consent, verify_revocation
 from schemas.common import b64url_decode
 from schemas.consent import ConsentRecord, ConsentRevocation, SignedConsent, SignedRevocation
@@ -194,6 +195,42 @@ class ConsentRegistry:
             if agency != directory.broker_agency()
             and consent_allows_party(state.record, agency, directory)
         ]
+
+    async def apply_notice(self, body: bytes, *, now: datetime) -> None:
+        """Bring the book up to date from another instance's notice on the control exchange.
+
+        The signed consent (and revocation) in the notice are verified like a
+        registration, so a forged notice changes nothing. A malformed one is
+        logged and dropped: the store stays the record of truth, reloaded at start.
+        """
+        try:
+            notice = json.loads(body)
+            signed = SignedConsent.model_validate(notice["consent"])
+            record = verify_consent(signed, keys=self.directory(), now=now)
+            revoked_at = notice.get("revoked_at")
+            revocation = notice.get("revocation")
+            if revocation is not None:
+                verify_revocation(
+                    SignedRevocation.model_validate(revocation), keys=self.directory(), now=now
+                )
+        except (ValueError, KeyError, TypeError, ValidationError, InvalidSignedPayload) as exc:
+            _log.warning("control_notice_dropped", cause=type(exc).__name__)
+            return
+        known = self.book.states.get(record.id)
+        if known is not None and known.revoked_at is not None:
+            return  # forward only: nothing un-revokes a consent
+        self.book.put(
+            ConsentRow(
+                consent_id=record.id,
+                child=record.child,
+                payload=signed.payload,
+                signature=signed.signature,
+                valid_from=record.valid_from,
+                valid_until=record.valid_until,
+                registered_at=now,
+                revoked_at=None if revocation is None else datetime.fromisoformat(str(revoked_at)),
+            )
+        )
 
     def for_child(self, child: str, *, peer: PeerIdentity) -> list[ConsentState]:
         """The consents about ``child`` that the peer's agency is a party to."""

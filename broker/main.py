@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from keys.policy import PolicyError, PolicyFile, load_policy
 
 from broker.batching import GroupCommitStore
 from broker.consent_http import add_consent_routes
@@ -29,6 +28,7 @@ from keys.ca import server_ssl_context
 from keys.directory import Directory
 from keys.envelope import SenderKey
 from keys.errors import KeysError
+from keys.policy import PolicyError, PolicyFile, load_policy
 from keys.setup import AreaLayout, load_broker_key, load_directory
 
 _log = structlog.get_logger("broker.main")
@@ -120,6 +120,11 @@ async def serve(
             broadcast=service.broadcast_consent,
         )
         consents = await registry.load()
+
+        async def apply_notice(body: bytes) -> None:
+            await registry.apply_notice(body, now=utc_now())
+
+        service.on_control = apply_notice
         await service.start()
         app = create_app(
             store=store,

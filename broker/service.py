@@ -27,7 +27,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -117,6 +117,8 @@ class BrokerService:
     _inflight: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     _stopping: bool = field(default=False, init=False)
     _depth_task: asyncio.Task[None] | None = field(default=None, init=False)
+    #: Called with each notice on the control exchange (consent changes from any instance).
+    on_control: Callable[[bytes], Awaitable[None]] | None = None
 
     async def start(self) -> None:
         """Connect, declare the topology and start consuming."""
@@ -147,11 +149,23 @@ class BrokerService:
             (ingress, await ingress.consume(self._spawn(self._on_ingress), no_ack=False)),
             (dead, await dead.consume(self._spawn(self._on_dead_letter), no_ack=False)),
         ]
+        if self.on_control is not None:
+            # Each instance hears every consent change, its own included (idempotent).
+            control = await consumer.declare_queue(exclusive=True, auto_delete=True)
+            await control.bind(CONTROL_EXCHANGE)
+            self._consumers.append(
+                (control, await control.consume(self._spawn(self._on_control), no_ack=False))
+            )
         self._depth_task = asyncio.create_task(self._watch_depth(), name="queue-depth")
         _log.info("broker_started", agencies=len(agencies), prefetch=self.prefetch)
 
     async def stop(self) -> None:
-        """Stop taking messages, finish those in flight (up to the grace period), close."""
+        """Stop taking messages, finish those in flight (up to the grace period), close.
+
+        Idempotent: a second call does nothing.
+        """
+        if self._stopping:
+            return
         self._stopping = True
         for queue, tag in self._consumers:
             with suppress(*TRANSIENT):
@@ -466,6 +480,15 @@ class BrokerService:
         )
 
     # --- consent broadcasts -------------------------------------------------------------------
+
+    async def _on_control(self, message: AbstractIncomingMessage) -> None:
+        action, _summary = await self._with_retries(message, self._handle_control)
+        await self._settle(message, action)
+
+    async def _handle_control(self, message: AbstractIncomingMessage) -> Summary:
+        if self.on_control is not None and message.type == TYPE_CONTROL:
+            await self.on_control(message.body)
+        return "control", "applied", {}
 
     async def broadcast_consent(self, event: str, row: ConsentRow, parties: Sequence[str]) -> None:
         """Tell the consent's parties (their queues) and other broker instances (control).

@@ -12,6 +12,7 @@
     ├── PersonnummerError      personnummer_invalid  422   says what is wrong
     ├── KeyStoreError          key_store             500   missing file, wrong passphrase
     ├── AreaConfigError        area_config           500   names the file and field
+    ├── PolicyError            policy_invalid        500   keys.policy: names the rule and field
     └── DirectoryError         directory_invalid     400   an entry failed to verify
 
 Crypto failures are deliberately one opaque error (``InvalidEnvelope``) with a

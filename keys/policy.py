@@ -320,7 +320,7 @@ def _decide_consent(  # noqa: PLR0911 - one return per documented refusal, in or
     if now >= record.valid_until:
         return _refuse(ReasonCode.CONSENT_EXPIRED)
     agencies = [header.sender.agency, *(r.agency for r in header.recipients)]
-    if not consent_allows_party(record, agencies[0], directory):
+    if not all(consent_allows_party(record, agency, directory) for agency in agencies):
         return _refuse(ReasonCode.CONSENT_SCOPE_PARTY)
     if header.purpose not in record.purposes:
         return _refuse(ReasonCode.CONSENT_SCOPE_PURPOSE)

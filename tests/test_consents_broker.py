@@ -6,10 +6,12 @@ refused with ``consent_revoked``, and the parties get the signed revocation.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pytest
@@ -218,3 +220,57 @@ async def test_a_concern_report_by_legal_basis_needs_no_consent(
     assert record.rule == "osl-10-28.concern-report"
     assert record.legal_ref is not None
     assert "10 kap. 28" in record.legal_ref
+
+
+async def test_a_revocation_reaches_every_broker_instance(
+    consented: tuple[Harness, ConsentRegistry],
+    store: SqlStore,
+    agency_users: str,  # noqa: F811 - the imported fixture, by name
+) -> None:
+    """A consent revoked through one instance is refused by another one, via the control exchange."""
+    harness, registry_a = consented
+    book_b = ConsentBook()
+    registry_b = ConsentRegistry(
+        store=store, book=book_b, policy=POLICY, directory=lambda: DIRECTORY
+    )
+
+    async def apply(body: bytes) -> None:
+        await registry_b.apply_notice(body, now=datetime.now(UTC))
+
+    instance_b = BrokerService(
+        amqp_url=amqp_url_for(agency_users),
+        store=GroupCommitStore(store),
+        directory=DIRECTORY,
+        broker_key=BROKER.sender,
+        policy=ConsentPolicy(policy=POLICY, book=book_b),
+        metrics=Metrics(),
+        shutdown_grace_s=5,
+        on_control=apply,
+    )
+    await instance_b.start()
+    try:
+        await registry_a.register(
+            _consent(datetime.now(UTC)), peer=_peer(SCHOOL), now=datetime.now(UTC)
+        )
+        await _until(lambda: CONSENT_ID in book_b.states)
+        await registry_a.revoke(
+            CONSENT_ID, _revocation(datetime.now(UTC)), peer=_peer(SOCIAL), now=datetime.now(UTC)
+        )
+        await _until(lambda: book_b.states[CONSENT_ID].revoked_at is not None)
+        await harness.service.stop()  # only instance B consumes now
+        sealed = _referral()
+        await harness.publish(SCHOOL, sealed.wire, message_id=sealed.header.id)
+        notices = await harness.take(SCHOOL, 2)
+        assert [kind for kind, _ in notices] == [TYPE_CONTROL, TYPE_CONTROL]
+        receipt = await harness.receipt(SCHOOL)
+        assert (receipt.status, receipt.reason) == ("rejected", "consent_revoked")
+    finally:
+        await instance_b.stop()
+
+
+async def _until(condition: Any, within_s: float = 10.0) -> None:
+    """Wait until ``condition()`` holds; the notice arrives on another consumer's task."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the notice never arrived"
+        await asyncio.sleep(0.02)
