@@ -45,8 +45,8 @@ from urllib.parse import quote
 import aio_pika
 
 from broker.batching import GroupCommitStore
+from broker.consents import ConsentBook, ConsentPolicy
 from broker.metrics import Metrics
-from broker.policy import ExplicitPolicy
 from broker.service import BrokerService
 from broker.store import create_store, migrate
 from broker.topology import (
@@ -58,6 +58,7 @@ from broker.topology import (
 )
 from keys import logs
 from keys.envelope import seal
+from keys.policy import load_policy
 from schemas.directory import AgencyType
 from schemas.envelope import Kind, LegalBasis, Purpose
 from tests.support import CHILD, Agency, signed_directory
@@ -70,7 +71,7 @@ AGENCIES = [
     (RECIPIENT, AgencyType.SOCIAL_SERVICES),
     (BROKER, AgencyType.BROKER),
 ]
-POLICY_FILE = Path("deploy/policy/explicit.toml")
+POLICY_FILE = Path("deploy/policy/sweden.toml")
 HOST = os.environ.get("BACKA_BENCH_AMQP_HOST", "127.0.0.1:5672")
 
 
@@ -166,10 +167,10 @@ def _seal_all(n: int) -> list[bytes]:
             content,
             sender=SENDER.sender,
             recipients=[RECIPIENT.sealing],
-            kind=Kind.REFERRAL,
+            kind=Kind.CONCERN_REPORT,
             child=CHILD,
             basis=LegalBasis(type="legal", ref="osl-10-28"),
-            purpose=Purpose.REFERRAL,
+            purpose=Purpose.CONCERN,
             created=now,
             expires=now + timedelta(days=1),
         ).wire
@@ -233,7 +234,7 @@ async def _hop(
         await asyncio.wait_for(broker.wait(), timeout=60)
 
 
-async def _serve(url: str, database_url: str, policy_text: str) -> None:
+async def _serve(url: str, database_url: str, policy_file: Path) -> None:
     """The broker side, in its own process: runs until SIGTERM, logging as in production."""
     logs.configure(json=True)
     await migrate(database_url)
@@ -243,7 +244,8 @@ async def _serve(url: str, database_url: str, policy_text: str) -> None:
         store=GroupCommitStore(store),
         directory=signed_directory(AGENCIES, at=datetime.now(UTC) - timedelta(days=1)),
         broker_key=BROKER.sender,
-        policy=ExplicitPolicy.from_toml(policy_text),
+        # The real rules: a concern report to social services under OSL 10 kap. 28 §.
+        policy=ConsentPolicy(policy=load_policy(policy_file), book=ConsentBook()),
         metrics=Metrics(),
         prefetch=256,
     )
@@ -301,7 +303,7 @@ def main() -> None:
         return
     if args.serve:
         url, database_url = args.serve
-        asyncio.run(_serve(url, database_url, POLICY_FILE.read_text(encoding="utf-8")))
+        asyncio.run(_serve(url, database_url, POLICY_FILE))
         return
 
     vhost = f"backa-bench-{secrets.token_hex(4)}"
