@@ -18,11 +18,10 @@ from aiohttp import web
 from broker.consents import ConsentRegistry
 from broker.errors import BadRequest, NotFound
 from broker.http import CLOCK, PEER
+from broker.openapi import PATH_CONSENTS, PATH_REVOKE
 from keys.policy import ConsentState
 
 REGISTRY: Final = web.AppKey[ConsentRegistry]("consent_registry")
-PATH_CONSENTS: Final = "/v1/consents"
-PATH_REVOKE: Final = "/v1/consents/{consent_id}/revoke"
 _UUID: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PSEUDONYM: Final = re.compile(r"^[0-9a-f]{64}$")
 #: A signed consent is a few kilobytes; anything much larger is not one.

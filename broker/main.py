@@ -132,6 +132,7 @@ async def serve(
             readiness=[("rabbitmq", service.ping), ("store", store.ping)],
             metrics=service.metrics,
             clock=utc_now,
+            with_consents=True,
         )
         add_consent_routes(app, registry)
         runner = await serve_http(

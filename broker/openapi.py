@@ -13,7 +13,7 @@ signed header's routing metadata and the status events, nothing more.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
@@ -22,6 +22,7 @@ from pydantic.json_schema import models_json_schema
 from broker.records import MessageRecord, Outcome, StatusEvent
 from broker.status import RecipientState
 from schemas.common import MessageId
+from schemas.consent import ConsentRecord, SignedConsent, SignedRevocation
 from schemas.directory import DirectoryBundle
 
 __all__ = [
@@ -172,6 +173,50 @@ class TimelineResponse(_Out):
     recipients: list[RecipientStateOut]
 
 
+class ConsentOut(_Out):
+    """A registered consent as its registering agency signed it, and when it was revoked."""
+
+    consent: ConsentRecord
+    revoked_at: AwareDatetime | None
+
+
+class ConsentListResponse(_Out):
+    """The consents about one child that the caller's agency is party to."""
+
+    consents: list[ConsentOut]
+
+
+class ConsentProblemOut(_Out):
+    """One reason a consent was refused: a stable code, the field, a sentence to act on."""
+
+    code: str
+    field: str
+    message: str
+
+
+class ConsentRefusedDetail(ErrorDetail):
+    """The error detail of a refused registration, with every problem found."""
+
+    problems: list[ConsentProblemOut]
+
+
+class ConsentRefusedResponse(_Out):
+    """Body of a 422 from POST /v1/consents."""
+
+    error: ConsentRefusedDetail
+
+
+PATH_CONSENTS: Final = "/v1/consents"
+PATH_REVOKE: Final = "/v1/consents/{consent_id}/revoke"
+
+_CONSENT_MODELS: Final[Sequence[type[BaseModel]]] = (
+    ConsentOut,
+    ConsentListResponse,
+    ConsentRefusedResponse,
+    SignedConsent,
+    SignedRevocation,
+)
+
 _MODELS: Final[Sequence[type[BaseModel]]] = (
     DirectoryResponse,
     ErrorResponse,
@@ -234,9 +279,80 @@ def _readiness(schema_ref: str) -> dict[str, Any]:
     return operation
 
 
-def build_openapi() -> dict[str, Any]:
-    """The OpenAPI 3.1.0 document of the broker's HTTP API."""
-    refs, schema = models_json_schema([(m, "serialization") for m in _MODELS], ref_template=_REF)
+def _body(ref: str, description: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": ref}}},
+    }
+
+
+def _consent_paths(ref: Callable[[type[BaseModel]], str]) -> dict[str, Any]:
+    consent_id = {
+        "name": "consent_id",
+        "in": "path",
+        "required": True,
+        "description": "The consent's id (a lower-case UUID).",
+        "schema": {"type": "string", "pattern": MESSAGE_ID_PATTERN},
+    }
+    register = _operation(
+        "registerConsent",
+        "Register a consent",
+        "The body is signed by the registering agency's key and must be sent with that "
+        "agency's own adapter certificate. The consent is checked against the policy's "
+        "rules (guardians, the child's view and consent by age, validity, parties) and "
+        "applies to the very next message.",
+        _json(ref(ConsentOut), "Registered (or the same consent registered before)."),
+        {
+            "400": "Not a signed consent, or the signature could not be verified.",
+            "403": "The certificate is not the registering agency's adapter.",
+        },
+        tag="consents",
+    )
+    register["requestBody"] = _body(ref(SignedConsent), "The signed consent.")
+    register["responses"]["201"] = register["responses"].pop("200")
+    register["responses"]["422"] = _json(
+        ref(ConsentRefusedResponse), "Refused; every problem with its code and field."
+    )
+    register["responses"] = dict(sorted(register["responses"].items()))
+    revoke = _operation(
+        "revokeConsent",
+        "Revoke a consent",
+        "A signed revocation from an agency that is party to the consent. Takes effect "
+        "at once and forward only: messages already routed are stopped at hand-over.",
+        _json(ref(ConsentOut), "Revoked."),
+        {
+            "400": "Not a signed revocation, or its signature could not be verified.",
+            "404": "No such consent, or the caller is not party to it.",
+        },
+        tag="consents",
+        parameters=[consent_id],
+    )
+    revoke["requestBody"] = _body(ref(SignedRevocation), "The signed revocation.")
+    listing = _operation(
+        "listConsents",
+        "The consents about a child",
+        "Only the consents the caller's agency is party to.",
+        _json(ref(ConsentListResponse), "The consents."),
+        {"400": "child is not a 64-character pseudonym."},
+        tag="consents",
+        parameters=[
+            {
+                "name": "child",
+                "in": "query",
+                "required": True,
+                "description": "The child's pseudonym.",
+                "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            }
+        ],
+    )
+    return {PATH_CONSENTS: {"get": listing, "post": register}, PATH_REVOKE: {"post": revoke}}
+
+
+def build_openapi(*, consents: bool = False) -> dict[str, Any]:
+    """The OpenAPI 3.1.0 document of the broker's HTTP API (with the consent registry's routes)."""
+    models = [*_MODELS, *(_CONSENT_MODELS if consents else ())]
+    refs, schema = models_json_schema([(m, "serialization") for m in models], ref_template=_REF)
     components = dict(sorted(schema.get("$defs", {}).items()))
 
     def ref(model: type[BaseModel]) -> str:
@@ -306,6 +422,7 @@ def build_openapi() -> dict[str, Any]:
                 tag="operations",
             )
         },
+        **(_consent_paths(ref) if consents else {}),
         PATH_OPENAPI: {
             "get": _operation(
                 "getOpenApi",
@@ -338,6 +455,7 @@ def build_openapi() -> dict[str, Any]:
         "tags": [
             {"name": "directory", "description": "The area's signed directory."},
             {"name": "messages", "description": "Message status."},
+            *([{"name": "consents", "description": "The consent registry."}] if consents else []),
             {"name": "operations", "description": "Health, readiness, metrics, this document."},
         ],
         "paths": paths,

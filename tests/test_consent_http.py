@@ -86,6 +86,7 @@ async def served(area: Path, store: SqlStore) -> AsyncIterator[Served]:
         readiness=[],
         metrics=Metrics(),
         clock=lambda: datetime.now(UTC),
+        with_consents=True,
     )
     add_consent_routes(app, registry)
     layout = AreaLayout(area)
@@ -214,3 +215,32 @@ async def test_a_non_party_cannot_revoke_or_learn_of_the_consent(served: Served)
     )
     assert (status, body["error"]["code"]) == (404, "not_found")
     assert (await served.store.consents(child=CHILD))[0].revoked_at is None
+
+
+async def test_openapi_documents_every_consent_route(served: Served) -> None:
+    """The served OpenAPI document lists the consent routes with their bodies and answers."""
+    status, document = await _get(served, SCHOOL, "/openapi.json")
+    assert status == 200
+    assert set(document["paths"]["/v1/consents"]) == {"get", "post"}
+    post = document["paths"]["/v1/consents"]["post"]
+    assert {"201", "400", "403", "422"} <= set(post["responses"])
+    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/SignedConsent"
+    )
+    assert "post" in document["paths"]["/v1/consents/{consent_id}/revoke"]
+    for name in ("ConsentOut", "ConsentRefusedResponse", "SignedRevocation"):
+        assert name in document["components"]["schemas"]
+    refs: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            refs.extend(v for k, v in node.items() if k == "$ref" and isinstance(v, str))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(document)
+    missing = {r for r in refs if r.rsplit("/", 1)[-1] not in document["components"]["schemas"]}
+    assert not missing
