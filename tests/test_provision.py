@@ -173,6 +173,8 @@ async def test_broker_user_declares_the_topology(topology: Area) -> None:
     """The broker's permissions cover declaring every exchange, queue and binding, twice."""
     async with connected(topology, topology.broker) as channel:
         await declare_topology(channel, [topology.school, topology.social])
+        await declare_topology(channel, [topology.school, topology.social])
+        assert not channel.is_closed, "a refused declaration would have closed the channel"
 
 
 async def test_agency_publishes_to_ingress_under_its_own_name(

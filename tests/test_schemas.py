@@ -237,13 +237,19 @@ def _parse(name: str, doc: dict[str, Any]) -> BaseModel:
     return MODELS[name].model_validate_json(json.dumps(doc))
 
 
+def _round_trips(name: str, doc: dict[str, Any]) -> bool:
+    """The document parses, and the parsed model survives its own JSON unchanged."""
+    parsed = _parse(name, doc)
+    return MODELS[name].model_validate_json(parsed.model_dump_json()) == parsed
+
+
 def _errors(name: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
     with pytest.raises(ValidationError) as info:
         _parse(name, doc)
     return [dict(error) for error in info.value.errors()]
 
 
-def _refused_by_validator(name: str, doc: dict[str, Any], message: str) -> None:
+def assert_refused_by_validator(name: str, doc: dict[str, Any], message: str) -> None:
     errors = _errors(name, doc)
     assert any(message in error["msg"] for error in errors), errors
 
@@ -412,7 +418,7 @@ def test_string_out_of_bounds_is_refused(name: str, path: Loc, value: str) -> No
 def test_overlong_audit_query_is_refused() -> None:
     """An audit query over 1,000 characters is refused."""
     doc = {"at": "2026-11-25T10:00:00Z", "event": "audit_read", "actor": "officer-1"}
-    _parse("audit_entry", _with(doc, ("query",), "q" * 1_000))
+    assert _round_trips("audit_entry", _with(doc, ("query",), "q" * 1_000))
     errors = _errors("audit_entry", _with(doc, ("query",), "q" * 1_001))
     assert [tuple(e["loc"]) for e in errors] == [("query",)]
 
@@ -518,7 +524,7 @@ def test_content_over_the_size_limit_is_refused_before_parsing() -> None:
 )
 def test_incoherent_header_is_refused(changes: dict[str, Any], message: str) -> None:
     """The header's own validators refuse what no honest sender would sign."""
-    _refused_by_validator("protected_header", {**HEADER, **changes}, message)
+    assert_refused_by_validator("protected_header", {**HEADER, **changes}, message)
 
 
 def test_header_recipient_lookup_matches_agency_and_key_id() -> None:
@@ -570,7 +576,7 @@ def _receipt(**fields: object) -> dict[str, Any]:
 )
 def test_coherent_receipt_parses(doc: dict[str, Any]) -> None:
     """Each status with exactly the fields it needs is a valid receipt."""
-    _parse("receipt", doc)
+    assert _round_trips("receipt", doc)
 
 
 @pytest.mark.parametrize(
@@ -631,7 +637,7 @@ def test_coherent_receipt_parses(doc: dict[str, Any]) -> None:
 )
 def test_incoherent_receipt_is_refused(doc: dict[str, Any], message: str) -> None:
     """A field that does not belong to the status, or is missing for it, is refused."""
-    _refused_by_validator("receipt", doc, message)
+    assert_refused_by_validator("receipt", doc, message)
 
 
 def test_receipt_refuses_free_text_decline() -> None:
@@ -685,7 +691,7 @@ _ATTENDEE = {"staff_id": "per.s", "role": "socialsekreterare"}
 )
 def test_incoherent_team_response_is_refused(doc: dict[str, Any], message: str) -> None:
     """An acceptance names who comes; a decline says why; neither carries the other's fields."""
-    _refused_by_validator("team_response", {"invitation_id": MID, **doc}, message)
+    assert_refused_by_validator("team_response", {"invitation_id": MID, **doc}, message)
 
 
 def test_declined_team_response_parses() -> None:
@@ -696,7 +702,7 @@ def test_declined_team_response_parses() -> None:
         "decline_reason": "other",
         "decline_detail": "Familjen har flyttat från kommunen.",
     }
-    _parse("team_response", doc)
+    assert _round_trips("team_response", doc)
 
 
 @pytest.mark.parametrize(
@@ -721,7 +727,9 @@ def test_declined_team_response_parses() -> None:
 )
 def test_incoherent_team_invitation_is_refused(changes: dict[str, Any], message: str) -> None:
     """An invitation must leave time to answer before the meeting and name each role once."""
-    _refused_by_validator("team_invitation", {**EXAMPLES["team_invitation"], **changes}, message)
+    assert_refused_by_validator(
+        "team_invitation", {**EXAMPLES["team_invitation"], **changes}, message
+    )
 
 
 # --- referrals, concern reports ------------------------------------------------
@@ -731,24 +739,24 @@ def test_referral_refuses_a_need_area_twice() -> None:
     """Each need area is described once per referral."""
     needs = [{"area": "halsa", "description": "a"}, {"area": "halsa", "description": "b"}]
     doc = _with(EXAMPLES["referral"], ("needs",), needs)
-    _refused_by_validator("referral", doc, "needs lists the same value twice")
+    assert_refused_by_validator("referral", doc, "needs lists the same value twice")
 
 
 def test_referral_without_optional_fields_parses() -> None:
     """A referral needs no phone number and no answer deadline."""
     doc = _with(EXAMPLES["referral"], ("respond_by",), _DELETE)
-    _parse("referral", _with(doc, ("contact", "phone"), _DELETE))
+    assert _round_trips("referral", _with(doc, ("contact", "phone"), _DELETE))
 
 
 def test_concern_report_may_leave_need_areas_empty() -> None:
     """A reporter is never held up by having to classify a concern first."""
-    _parse("concern_report", _with(EXAMPLES["concern_report"], ("need_areas",), []))
+    assert _round_trips("concern_report", _with(EXAMPLES["concern_report"], ("need_areas",), []))
 
 
 def test_concern_report_refuses_a_need_area_twice() -> None:
     """Need areas of a concern report are a set."""
     doc = _with(EXAMPLES["concern_report"], ("need_areas",), ["omsorg", "omsorg"])
-    _refused_by_validator("concern_report", doc, "need_areas lists the same value twice")
+    assert_refused_by_validator("concern_report", doc, "need_areas lists the same value twice")
 
 
 def test_need_areas_are_ascii_with_swedish_labels() -> None:
@@ -834,7 +842,7 @@ def test_parse_content_refuses_receipt_kind() -> None:
 )
 def test_incoherent_consent_is_refused(changes: dict[str, Any], message: str) -> None:
     """A consent must be coherent in itself; who must consent is left to policy."""
-    _refused_by_validator("consent_record", {**CONSENT, **changes}, message)
+    assert_refused_by_validator("consent_record", {**CONSENT, **changes}, message)
 
 
 @pytest.mark.parametrize(
@@ -857,7 +865,7 @@ def test_consent_party_is_one_agency_or_one_agency_type(party: object) -> None:
 def test_consent_leaves_who_must_consent_to_policy() -> None:
     """A consent from one custodial guardian under joint custody still parses: that is policy."""
     doc = {**CONSENT, "guardians": [{"pseudonym": GUARDIAN1, "custodial": True}]}
-    _parse("consent_record", _with(doc, ("child_view",), _DELETE))
+    assert _round_trips("consent_record", _with(doc, ("child_view",), _DELETE))
 
 
 # --- audit ---------------------------------------------------------------------
@@ -876,7 +884,7 @@ def test_consent_leaves_who_must_consent_to_policy() -> None:
 )
 def test_incoherent_audit_entry_is_refused(doc: dict[str, Any], message: str) -> None:
     """An audit entry answers the why or who its event is about."""
-    _refused_by_validator("audit_entry", {"at": "2026-11-25T10:00:00Z", **doc}, message)
+    assert_refused_by_validator("audit_entry", {"at": "2026-11-25T10:00:00Z", **doc}, message)
 
 
 # --- reason codes --------------------------------------------------------------

@@ -325,7 +325,8 @@ async def test_directory_upsert_replaces_by_agency_and_kid(store: SqlStore) -> N
 async def test_ping_answers_on_a_live_database(store: SqlStore) -> None:
     """ping returns quietly when the database answers, and SqlStore is a Store (mypy checks)."""
     protocol: Store = store
-    await protocol.ping()
+    await protocol.ping()  # raises StoreUnavailable when the database does not answer
+    assert await store.consents() == [], "and a query on the fresh schema answers too"
 
 
 async def test_migrate_twice_is_a_no_op(store: SqlStore, database_url: str) -> None:
