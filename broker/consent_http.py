@@ -19,10 +19,10 @@ from broker.consents import ConsentRegistry
 from broker.errors import BadRequest, NotFound
 from broker.http import CLOCK, PEER
 from broker.openapi import PATH_CONSENTS, PATH_REVOKE
+from broker.pipeline import is_message_id
 from keys.policy import ConsentState
 
 REGISTRY: Final = web.AppKey[ConsentRegistry]("consent_registry")
-_UUID: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PSEUDONYM: Final = re.compile(r"^[0-9a-f]{64}$")
 #: A signed consent is a few kilobytes; anything much larger is not one.
 MAX_BODY: Final = 256 * 1024
@@ -60,7 +60,7 @@ async def _register(request: web.Request) -> web.Response:
 
 async def _revoke(request: web.Request) -> web.Response:
     consent_id = request.match_info["consent_id"]
-    if not _UUID.fullmatch(consent_id):
+    if not is_message_id(consent_id):
         raise NotFound("No such consent.")
     registry = request.app[REGISTRY]
     state = await registry.revoke(

@@ -290,14 +290,7 @@ class BrokerService:
             rule=route.decision.rule,
             legal_ref=route.decision.legal_ref,
         )
-        accepted = StatusEvent(
-            message_id=header.id,
-            agency=None,
-            status="accepted",
-            at=now,
-            recorded_at=now,
-            signer=self.broker_key.agency,
-        )
+        accepted = self._broker_event(header.id, None, "accepted", now)
         recorded = await self.store.record_decision(record, [accepted])
         stored = recorded.record
         summary_extra: dict[str, object] = {"message_id": header.id, "sender": header.sender.agency}
@@ -347,6 +340,25 @@ class BrokerService:
             extra["redelivered"] = True
         return header.kind.value, "accepted", extra
 
+    def _broker_event(
+        self,
+        message_id: str,
+        agency: str | None,
+        status: str,
+        now: datetime,
+        reason: str | None = None,
+    ) -> StatusEvent:
+        """A status event the broker itself vouches for (accepted, rejected, dead-lettered)."""
+        return StatusEvent(
+            message_id=message_id,
+            agency=agency,
+            status=status,
+            at=now,
+            recorded_at=now,
+            signer=self.broker_key.agency,
+            reason=reason,
+        )
+
     async def _publish_envelope(self, route: Route, agency: str) -> None:
         await self._publish(
             agency,
@@ -372,15 +384,7 @@ class BrokerService:
                 outcome=Outcome.REJECTED,
                 reason=reject.reason.value,
             )
-            event = StatusEvent(
-                message_id=header.id,
-                agency=None,
-                status="rejected",
-                at=now,
-                recorded_at=now,
-                signer=self.broker_key.agency,
-                reason=reject.reason.value,
-            )
+            event = self._broker_event(header.id, None, "rejected", now, reject.reason.value)
             recorded = await self.store.record_decision(record, [event])
             if not recorded.created and recorded.record.digest == reject.digest:
                 # Decided before: answer with what was decided then.
@@ -570,14 +574,8 @@ class BrokerService:
             if stored is not None:
                 await self.store.append_events(
                     [
-                        StatusEvent(
-                            message_id=message_id,
-                            agency=agency,
-                            status="rejected",
-                            at=now,
-                            recorded_at=now,
-                            signer=self.broker_key.agency,
-                            reason=ReasonCode.DELIVERY_LIMIT.value,
+                        self._broker_event(
+                            message_id, agency, "rejected", now, ReasonCode.DELIVERY_LIMIT.value
                         )
                     ]
                 )
