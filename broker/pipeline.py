@@ -37,19 +37,21 @@ from keys.replay import ClockWindow, check_window
 from keys.signed import InvalidSignedPayload, verify_receipt
 from schemas.directory import AgencyType
 from schemas.envelope import ProtectedHeader
-from schemas.reasons import ReasonCode
+from schemas.reasons import RECIPIENT_REJECT_REASONS, ReasonCode
 from schemas.receipts import Receipt, ReceiptStatus, SignedReceipt
 
 #: Largest AMQP body the broker reads (the envelope of 1 MiB content is ~1.4 MB).
 DEFAULT_MAX_BYTES = 2_000_000
 
-#: Statuses a recipient's adapter may vouch for; accepted and rejected are the broker's.
+#: Statuses a recipient's adapter may vouch for: accepted is the broker's alone; a recipient
+#: may reject, for a reason in RECIPIENT_REJECT_REASONS only.
 RECIPIENT_STATUSES = frozenset(
     {
         ReceiptStatus.DELIVERED,
         ReceiptStatus.HANDED_OVER,
         ReceiptStatus.READ,
         ReceiptStatus.ANSWERED,
+        ReceiptStatus.REJECTED,
     }
 )
 
@@ -184,6 +186,8 @@ def _evaluate_receipt(
         return reject(ReasonCode.USER_ID_MISMATCH, "AMQP user_id is not the receipt's signer")
     if receipt.status not in RECIPIENT_STATUSES:
         return reject(ReasonCode.SCHEMA_INVALID, f"a recipient cannot send {receipt.status}")
+    if receipt.reason is not None and receipt.reason not in RECIPIENT_REJECT_REASONS:
+        return reject(ReasonCode.SCHEMA_INVALID, f"a recipient cannot reject for {receipt.reason}")
     return Relay(receipt, ingress.body)
 
 

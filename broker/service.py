@@ -434,6 +434,7 @@ class BrokerService:
                     recorded_at=now,
                     signer=receipt.by.agency,
                     receipt_id=receipt.id,
+                    reason=receipt.reason.value if receipt.reason else None,
                     answer=receipt.answer.value if receipt.answer else None,
                     decline_reason=(
                         receipt.decline_reason.value if receipt.decline_reason else None

@@ -53,7 +53,7 @@ from schemas.envelope import (
     Recipient,
     Suite,
 )
-from schemas.reasons import REASON_TEXT, ReasonCode
+from schemas.reasons import REASON_TEXT, RECIPIENT_REJECT_REASONS, ReasonCode
 from schemas.receipts import (
     TRANSPORT_STATUSES,
     Answer,
@@ -68,6 +68,7 @@ __all__ = [
     "ENVELOPE_VERSION",
     "NEED_AREA_LABELS",
     "REASON_TEXT",
+    "RECIPIENT_REJECT_REASONS",
     "TRANSPORT_STATUSES",
     "AgencyRef",
     "AgencyType",

@@ -251,3 +251,21 @@ REASON_TEXT: dict[ReasonCode, str] = {
         "agency id in the directory or name the party by agency type."
     ),
 }
+
+
+#: The reasons a recipient's adapter may give in a ``rejected`` receipt: it
+#: could not verify or open the message, the content does not fit its kind or
+#: names another child than the header, or the policy check it runs again
+#: before hand-over refuses (DESIGN.md: a revocation stops what is in flight).
+RECIPIENT_REJECT_REASONS: frozenset[ReasonCode] = frozenset(
+    {
+        ReasonCode.ENVELOPE_INVALID,
+        ReasonCode.SCHEMA_INVALID,
+        ReasonCode.EXPIRED,
+        ReasonCode.CONSENT_MISSING,
+        ReasonCode.CONSENT_EXPIRED,
+        ReasonCode.CONSENT_REVOKED,
+        ReasonCode.CONSENT_CHILD_MISMATCH,
+        ReasonCode.CONDITION_NOT_MET,
+    }
+)

@@ -159,7 +159,7 @@ def test_unknown_amqp_type_is_refused() -> None:
     )
 
 
-def _receipt(by: Agency, status: str = "delivered") -> bytes:
+def _receipt(by: Agency, status: str = "delivered", reason: str = "expired") -> bytes:
     receipt = Receipt.model_validate_json(
         json.dumps(
             {
@@ -170,16 +170,25 @@ def _receipt(by: Agency, status: str = "delivered") -> bytes:
                 "status": status,
                 "by": {"agency": by.agency, "kid": by.kid},
                 "at": T0.isoformat(),
-                **({"reason": "expired"} if status == "rejected" else {}),
+                **({"reason": reason} if status == "rejected" else {}),
+                **({"recipients": [by.agency]} if status == "accepted" else {}),
             }
         )
     )
     return sign_receipt(receipt, by.sender).model_dump_json().encode()
 
 
-def test_a_recipients_receipt_is_relayed() -> None:
-    """A receipt signed by its publisher is a Relay with the exact body."""
-    body = _receipt(SOCIAL)
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(_receipt(SOCIAL), id="delivered"),
+        pytest.param(
+            _receipt(SOCIAL, "rejected", "consent_revoked"), id="rejected-before-hand-over"
+        ),
+    ],
+)
+def test_a_recipients_receipt_is_relayed(body: bytes) -> None:
+    """A receipt signed by its publisher is a Relay with the exact body, a recipient's rejection too."""
     result = _run(body, SOCIAL.agency, type_=TYPE_RECEIPT)
     assert isinstance(result, Relay)
     assert result.body == body
@@ -190,7 +199,8 @@ def test_a_recipients_receipt_is_relayed() -> None:
     ("body", "user_id", "reason"),
     [
         pytest.param(_receipt(SOCIAL), BUP.agency, ReasonCode.USER_ID_MISMATCH, id="published-by-another"),
-        pytest.param(_receipt(SOCIAL, "rejected"), SOCIAL.agency, ReasonCode.SCHEMA_INVALID, id="broker-status"),
+        pytest.param(_receipt(SOCIAL, "accepted"), SOCIAL.agency, ReasonCode.SCHEMA_INVALID, id="broker-status"),
+        pytest.param(_receipt(SOCIAL, "rejected", "delivery_limit"), SOCIAL.agency, ReasonCode.SCHEMA_INVALID, id="broker-only-reason"),
         pytest.param(_receipt(GHOST), GHOST.agency, ReasonCode.ENVELOPE_INVALID, id="unknown-signer"),
         pytest.param(b"[]", SOCIAL.agency, ReasonCode.SCHEMA_INVALID, id="not-a-receipt"),
     ],
