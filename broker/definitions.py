@@ -76,7 +76,7 @@ class Permission:
 
 
 def agency_permission(agency: str) -> Permission:
-    """An agency may publish to the ingress exchange and read its own queue, nothing else.
+    """An agency may publish to the ingress exchange and read its own two queues, nothing else.
 
     No configure: an adapter declares nothing (it checks the queue passively,
     which RabbitMQ does not authorise). Write covers the ingress exchange only,
@@ -86,7 +86,7 @@ def agency_permission(agency: str) -> Permission:
         user=agency,
         configure="^$",
         write=f"^{re.escape(INGRESS_EXCHANGE)}$",
-        read=f"^{re.escape(agency_queue(agency))}$",
+        read=f"^{re.escape(agency_queue(agency))}(\\.control)?$",
     )
 
 

@@ -60,6 +60,7 @@ from broker.topology import (
     TYPE_ENVELOPE,
     TYPE_RECEIPT,
     agency_queue,
+    control_routing_key,
     queues,
 )
 from keys.directory import Directory
@@ -467,7 +468,7 @@ class BrokerService:
         )
 
     async def _publish(
-        self, agency: str, body: bytes, *, message_type: str, message_id: str | None
+        self, routing_key: str, body: bytes, *, message_type: str, message_id: str | None
     ) -> None:
         if self._deliver is None:
             raise ConnectionError("the broker is not started")
@@ -480,7 +481,7 @@ class BrokerService:
                 message_id=message_id,
                 app_id="backa-broker",
             ),
-            routing_key=agency,
+            routing_key=routing_key,
             mandatory=True,
         )
 
@@ -496,7 +497,7 @@ class BrokerService:
         return "control", "applied", {}
 
     async def broadcast_consent(self, event: str, row: ConsentRow, parties: Sequence[str]) -> None:
-        """Tell the consent's parties (their queues) and other broker instances (control).
+        """Tell the consent's parties (their control queues) and other broker instances.
 
         The signed consent and, once revoked, the signed revocation travel with
         the notice, so an adapter verifies the revoker's signature itself and
@@ -533,9 +534,16 @@ class BrokerService:
             routing_key="",
             mandatory=False,  # no broker instance listening is not an error
         )
+        # To each party's control queue, not its message queue: a revocation must
+        # not wait behind the messages it is meant to stop (topology.control_queue).
         await asyncio.gather(
             *(
-                self._publish(agency, body, message_type=TYPE_CONTROL, message_id=message_id)
+                self._publish(
+                    control_routing_key(agency),
+                    body,
+                    message_type=TYPE_CONTROL,
+                    message_id=message_id,
+                )
                 for agency in parties
             )
         )

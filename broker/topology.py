@@ -36,6 +36,22 @@ def agency_queue(agency: str) -> str:
     return f"agency.{agency}"
 
 
+def control_queue(agency: str) -> str:
+    """The queue of consent notices for one agency: ``agency.<id>.control``.
+
+    Apart from ``agency.<id>`` because a queue is first in, first out: a
+    revocation behind a backlog of messages would reach the adapter after
+    them. The adapter drains this queue before every hand-over instead, so a
+    revocation that the broker has confirmed stops every later hand-over.
+    """
+    return f"agency.{agency}.control"
+
+
+def control_routing_key(agency: str) -> str:
+    """The routing key on ``backa.deliver`` of an agency's control queue (ids hold no dot)."""
+    return f"{agency}.control"
+
+
 @dataclass(frozen=True)
 class Exchange:
     """An exchange to declare: name and type, always durable."""
@@ -75,15 +91,20 @@ EXCHANGES: Final = (
 
 
 def queues(agencies: Iterable[str]) -> list[Queue]:
-    """Every queue of the area: ingress, dead letters, and one per agency."""
+    """Every queue of the area: ingress, dead letters, and two per agency (messages, control)."""
     result = [
         Queue(INGRESS_QUEUE, quorum_arguments(), ((INGRESS_EXCHANGE, INGRESS_QUEUE),)),
         Queue(
             DEAD_LETTER_QUEUE, quorum_arguments(dead_letter=False), ((DEAD_LETTER_EXCHANGE, ""),)
         ),
     ]
-    result += [
-        Queue(agency_queue(a), quorum_arguments(), ((DELIVER_EXCHANGE, a),))
-        for a in sorted(set(agencies))
-    ]
+    for a in sorted(set(agencies)):
+        result.append(Queue(agency_queue(a), quorum_arguments(), ((DELIVER_EXCHANGE, a),)))
+        result.append(
+            Queue(
+                control_queue(a),
+                quorum_arguments(),
+                ((DELIVER_EXCHANGE, control_routing_key(a)),),
+            )
+        )
     return result

@@ -32,6 +32,7 @@ from broker.topology import (
     TYPE_ENVELOPE,
     TYPE_RECEIPT,
     agency_queue,
+    control_queue,
 )
 from keys.envelope import Sealed, seal
 from keys.signed import sign_receipt, verify_receipt
@@ -120,10 +121,13 @@ class Harness:
         )
         await channel.close()
 
-    async def take(self, agency: Agency, count: int = 1) -> list[tuple[str | None, bytes]]:
-        """The next ``count`` messages in ``agency``'s queue (type and body), acked."""
+    async def take(
+        self, agency: Agency, count: int = 1, *, control: bool = False
+    ) -> list[tuple[str | None, bytes]]:
+        """The next ``count`` messages in ``agency``'s queue (or control queue), acked."""
         channel = await self.admin.channel()
-        queue = await channel.get_queue(agency_queue(agency.agency), ensure=False)
+        name = control_queue(agency.agency) if control else agency_queue(agency.agency)
+        queue = await channel.get_queue(name, ensure=False)
         taken: list[tuple[str | None, bytes]] = []
         deadline = asyncio.get_running_loop().time() + WAIT_S
         while len(taken) < count:
@@ -138,10 +142,11 @@ class Harness:
         await channel.close()
         return taken
 
-    async def depth(self, agency: Agency) -> int:
-        """How many messages wait in ``agency``'s queue now."""
+    async def depth(self, agency: Agency, *, control: bool = False) -> int:
+        """How many messages wait in ``agency``'s queue (or control queue) now."""
         channel = await self.admin.channel()
-        queue = await channel.declare_queue(agency_queue(agency.agency), passive=True)
+        name = control_queue(agency.agency) if control else agency_queue(agency.agency)
+        queue = await channel.declare_queue(name, passive=True)
         await channel.close()
         return queue.declaration_result.message_count or 0
 
@@ -175,8 +180,8 @@ async def harness(agency_users: str, store: SqlStore) -> AsyncIterator[Harness]:
     admin = await aio_pika.connect(amqp_url_for(agency_users))
     channel = await admin.channel()
     for agency in AGENCIES:
-        queue = await channel.get_queue(agency_queue(agency.agency), ensure=False)
-        await queue.purge()
+        for name in (agency_queue(agency.agency), control_queue(agency.agency)):
+            await (await channel.get_queue(name, ensure=False)).purge()
     await channel.close()
     running = Harness(vhost=agency_users, store=store, service=service, admin=admin)
     try:

@@ -21,7 +21,7 @@ from broker.consents import ConsentBook, ConsentPolicy, ConsentRegistry
 from broker.metrics import Metrics
 from broker.service import BrokerService
 from broker.store import SqlStore
-from broker.topology import TYPE_CONTROL, agency_queue
+from broker.topology import TYPE_CONTROL, agency_queue, control_queue
 from keys.ca import PeerIdentity, Role
 from keys.envelope import Sealed, seal
 from keys.policy import load_policy
@@ -135,7 +135,8 @@ async def consented(
     admin = await aio_pika.connect(amqp_url_for(agency_users))
     channel = await admin.channel()
     for agency in AGENCIES:
-        await (await channel.get_queue(agency_queue(agency.agency), ensure=False)).purge()
+        for name in (agency_queue(agency.agency), control_queue(agency.agency)):
+            await (await channel.get_queue(name, ensure=False)).purge()
     await channel.close()
     harness = Harness(vhost=agency_users, store=store, service=service, admin=admin)
     try:
@@ -151,9 +152,9 @@ async def test_register_send_revoke_send_again(consented: tuple[Harness, Consent
     """Under a registered consent the referral goes; after revocation the next one is refused."""
     harness, registry = consented
     await registry.register(_consent(datetime.now(UTC)), peer=_peer(SCHOOL), now=datetime.now(UTC))
-    ((kind, _body),) = await harness.take(SCHOOL)
+    ((kind, _body),) = await harness.take(SCHOOL, control=True)
     assert kind == TYPE_CONTROL, "the registering party is told of the registration"
-    await harness.take(SOCIAL)  # and so is the other party
+    await harness.take(SOCIAL, control=True)  # and so is the other party
 
     first = _referral()
     await harness.publish(SCHOOL, first.wire, message_id=first.header.id)
@@ -164,7 +165,7 @@ async def test_register_send_revoke_send_again(consented: tuple[Harness, Consent
         CONSENT_ID, _revocation(datetime.now(UTC)), peer=_peer(SOCIAL), now=datetime.now(UTC)
     )
     for party in (SCHOOL, SOCIAL):
-        ((kind, body),) = await harness.take(party)
+        ((kind, body),) = await harness.take(party, control=True)
         notice = json.loads(body)
         assert (kind, notice["event"], notice["consent_id"]) == (
             TYPE_CONTROL,
@@ -172,7 +173,7 @@ async def test_register_send_revoke_send_again(consented: tuple[Harness, Consent
             CONSENT_ID,
         )
         assert notice["revocation"]["signature"], "the signed revocation travels with the notice"
-    assert await harness.depth(BUP) == 0, "agencies outside the consent are not told"
+    assert await harness.depth(BUP, control=True) == 0, "agencies outside the consent are not told"
 
     second = _referral()
     await harness.publish(SCHOOL, second.wire, message_id=second.header.id)
@@ -187,7 +188,7 @@ async def test_a_recipient_outside_the_consent_is_refused(
     """BUP is not a party to the consent: a referral to it is refused with its reason."""
     harness, registry = consented
     await registry.register(_consent(datetime.now(UTC)), peer=_peer(SCHOOL), now=datetime.now(UTC))
-    await harness.take(SCHOOL)
+    await harness.take(SCHOOL, control=True)
     sealed = _referral((SOCIAL, BUP))
     await harness.publish(SCHOOL, sealed.wire, message_id=sealed.header.id)
     receipt = await harness.receipt(SCHOOL)
@@ -260,7 +261,7 @@ async def test_a_revocation_reaches_every_broker_instance(
         await harness.service.stop()  # only instance B consumes now
         sealed = _referral()
         await harness.publish(SCHOOL, sealed.wire, message_id=sealed.header.id)
-        notices = await harness.take(SCHOOL, 2)
+        notices = await harness.take(SCHOOL, 2, control=True)
         assert [kind for kind, _ in notices] == [TYPE_CONTROL, TYPE_CONTROL]
         receipt = await harness.receipt(SCHOOL)
         assert (receipt.status, receipt.reason) == ("rejected", "consent_revoked")

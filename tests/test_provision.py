@@ -33,7 +33,13 @@ from broker.provision import (
     password_file,
     provision,
 )
-from broker.topology import DELIVER_EXCHANGE, INGRESS_EXCHANGE, INGRESS_QUEUE, agency_queue
+from broker.topology import (
+    DELIVER_EXCHANGE,
+    INGRESS_EXCHANGE,
+    INGRESS_QUEUE,
+    agency_queue,
+    control_queue,
+)
 from keys.area import parse_area
 from keys.setup import init_area
 from tests.rabbit import amqp_url_for
@@ -371,7 +377,13 @@ def test_cli_definitions_writes_the_verified_directory_agencies(area: Area, tmp_
     )
     assert result.exit_code == 0, result.output
     names = {q["name"] for q in json.loads(out.read_text(encoding="utf-8"))["queues"]}
-    assert names == {"backa.ingress", "backa.dead", *map(agency_queue, (area.school, area.social))}
+    agencies = (area.school, area.social)
+    assert names == {
+        "backa.ingress",
+        "backa.dead",
+        *map(agency_queue, agencies),
+        *map(control_queue, agencies),
+    }
 
 
 def test_cli_definitions_wants_one_source(area: Area) -> None:
