@@ -166,8 +166,6 @@ class ConsentNotice:
     """A verified consent notice: the consent and, if revoked, when (as the revoker signed)."""
 
     state: ConsentState
-    payload: str
-    signature: str
 
 
 def verify_notice(body: bytes, *, directory: Directory, now: datetime) -> ConsentNotice:
@@ -190,8 +188,4 @@ def verify_notice(body: bytes, *, directory: Directory, now: datetime) -> Consen
             revoked_at = revocation.revoked_at
     except (KeyError, TypeError, ValidationError, InvalidSignedPayload) as exc:
         raise ValueError(f"consent notice refused: {type(exc).__name__}") from exc
-    return ConsentNotice(
-        state=ConsentState(record=record, revoked_at=revoked_at),
-        payload=signed.payload,
-        signature=signed.signature,
-    )
+    return ConsentNotice(state=ConsentState(record=record, revoked_at=revoked_at))

@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from adapters.cli import app as adapter_app
 from backa.demo import DemoSettings, run
 from broker.cli import app as broker_app
 from keys import logs
@@ -41,6 +42,7 @@ app = typer.Typer(
 # One line per group; later groups (broker, adapter, audit) are added here.
 app.add_typer(keys_app, name="keys")
 app.add_typer(broker_app, name="broker")
+app.add_typer(adapter_app, name="adapter")
 
 
 @app.command()
