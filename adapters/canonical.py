@@ -149,6 +149,53 @@ class SentTimeline:
     events: tuple[TimelineEvent, ...]
 
 
+#: Progress of one recipient's copy, in order; each step implies those before it.
+_PROGRESS: tuple[ReceiptStatus, ...] = (
+    ReceiptStatus.ACCEPTED,
+    ReceiptStatus.DELIVERED,
+    ReceiptStatus.HANDED_OVER,
+    ReceiptStatus.READ,
+    ReceiptStatus.ANSWERED,
+)
+_TERMINAL = (ReceiptStatus.REJECTED, ReceiptStatus.EXPIRED)
+
+
+def recipient_event(timeline: SentTimeline, agency: str) -> TimelineEvent | None:
+    """The event that decides one recipient's state: the furthest point the events prove.
+
+    Receipts arrive out of order, so the last to arrive is not the state (as in
+    ``broker.status``). Events signed by someone other than a recipient (the
+    broker) are about the message as a whole: a refusal there refuses every copy.
+    """
+    mine = [event for event in timeline.events if event.agency == agency]
+    message_level = [e for e in timeline.events if e.agency not in timeline.recipients]
+    for event in message_level:
+        if event.status is ReceiptStatus.REJECTED:
+            return event
+    for event in mine:
+        if event.status in _TERMINAL:
+            return event
+    answered = [event for event in mine if event.status is ReceiptStatus.ANSWERED]
+    if answered:
+        return answered[-1]
+    for event in message_level:
+        if event.status is ReceiptStatus.EXPIRED:
+            return event
+    progress = [event for event in (*message_level, *mine) if event.status in _PROGRESS]
+    if not progress:
+        return None
+    return max(progress, key=lambda event: (_PROGRESS.index(event.status), event.at))
+
+
+def recipient_states(timeline: SentTimeline) -> dict[str, ReceiptStatus | None]:
+    """Each recipient's current state (None: nothing known yet), by :func:`recipient_event`."""
+    states: dict[str, ReceiptStatus | None] = {}
+    for agency in timeline.recipients:
+        event = recipient_event(timeline, agency)
+        states[agency] = None if event is None else event.status
+    return states
+
+
 class Mapping(Protocol):
     """One agency type's format, both ways; pure."""
 

@@ -106,7 +106,7 @@ async def build(
     if agency_type is None:
         raise StartupError(f"agency {config.agency!r} is not in the area directory")
     try:
-        mapping = mapping_for(agency_type, config.mapping)
+        mapping = mapping_for(agency_type, config.mapping, agency=config.agency)
     except ValueError as exc:
         raise StartupError(f"mapping: {exc}") from exc
     try:

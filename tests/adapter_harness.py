@@ -240,7 +240,7 @@ class Area:
         """Start ``agency``'s adapter (its SQLite file survives a stop) and wait until it consumes."""
         kind = DIRECTORY.agency_type(agency.agency)
         assert kind is not None
-        mapping = mapping_for(kind)
+        mapping = mapping_for(kind, agency=agency.agency)
         config = AdapterConfig.model_validate(
             {
                 "agency": agency.agency,

@@ -647,6 +647,7 @@ TIMELINES = [
     pytest.param((ACCEPTED,), {"bup-lidingo": "accepted", "lidingo-socialtjanst": "accepted"}, id="accepted"),
     pytest.param((ACCEPTED, DELIVERED, ANSWERED), {"bup-lidingo": "answered", "lidingo-socialtjanst": "accepted"}, id="answered"),
     pytest.param((REJECTED,), {"bup-lidingo": "rejected", "lidingo-socialtjanst": "rejected"}, id="rejected"),
+    pytest.param((ANSWERED, ACCEPTED, DELIVERED), {"bup-lidingo": "answered", "lidingo-socialtjanst": "accepted"}, id="out-of-order"),
 ]  # fmt: skip
 
 
@@ -654,7 +655,7 @@ TIMELINES = [
 def test_a_timeline_gives_each_recipient_its_latest_status(
     events: tuple[TimelineEvent, ...], per_recipient: dict[str, str | None]
 ) -> None:
-    """A recipient's own latest event wins; the broker's stand for a recipient that said nothing."""
+    """The furthest step a recipient's events prove wins, whatever order they arrived in."""
     timeline = _timeline(*events)
     canonical = CANONICAL_JSON.render_timeline(timeline)
     school = SCHOOL_FORM.render_timeline(timeline)

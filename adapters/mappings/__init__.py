@@ -29,8 +29,10 @@ DEFAULT_MAPPING: dict[AgencyType, str] = {
 MAPPING_NAMES: tuple[str, ...] = ("canonical", "school", "social_services", "fhir", "police")
 
 
-def mapping_for(agency_type: AgencyType, name: str | None = None) -> Mapping:
-    """The mapping called ``name``, or the default one for ``agency_type``."""
+def mapping_for(
+    agency_type: AgencyType, name: str | None = None, *, agency: str | None = None
+) -> Mapping:
+    """The mapping called ``name``, or the default one for ``agency_type``, for ``agency``."""
     chosen = name or DEFAULT_MAPPING.get(agency_type)
     # Imported here: the FHIR models are large, and an adapter loads only its own.
     if chosen == "canonical":
@@ -46,9 +48,10 @@ def mapping_for(agency_type: AgencyType, name: str | None = None) -> Mapping:
 
         return SOCIAL_SERVICES_JSON
     if chosen == "fhir":
-        from adapters.mappings.fhir import FHIR_R4  # noqa: PLC0415
+        from adapters.mappings.fhir import FhirMapping  # noqa: PLC0415
 
-        return FHIR_R4
+        # Knows its own agency: a received referral names it as performer and Task owner.
+        return FhirMapping(agency=agency)
     if chosen == "police":
         from adapters.mappings.police import POLICE_JSON  # noqa: PLC0415
 

@@ -55,7 +55,7 @@ from adapters.canonical import (
     Received,
     SentTimeline,
     Submission,
-    TimelineEvent,
+    recipient_event,
 )
 from adapters.mappings.canonical_json import CANONICAL_JSON
 from keys.errors import PersonnummerError
@@ -1012,52 +1012,13 @@ def _status_reason(
     return None
 
 
-_PROGRESS: tuple[ReceiptStatus, ...] = (
-    ReceiptStatus.ACCEPTED,
-    ReceiptStatus.DELIVERED,
-    ReceiptStatus.HANDED_OVER,
-    ReceiptStatus.READ,
-    ReceiptStatus.ANSWERED,
-)
-_TERMINAL = (ReceiptStatus.REJECTED, ReceiptStatus.EXPIRED)
-
-
-def _current(
-    mine: Sequence[TimelineEvent], message_level: Sequence[TimelineEvent]
-) -> TimelineEvent | None:
-    """The event that decides a recipient's state: the furthest point the events prove.
-
-    Receipts arrive out of order, so the last to arrive is not the state (as in
-    broker.status). Events signed by someone other than a recipient (the
-    broker) are about the message as a whole: a refusal there refuses every copy.
-    """
-    for event in message_level:
-        if event.status is ReceiptStatus.REJECTED:
-            return event
-    for event in mine:
-        if event.status in _TERMINAL:
-            return event
-    answered = [event for event in mine if event.status is ReceiptStatus.ANSWERED]
-    if answered:
-        return answered[-1]
-    for event in message_level:
-        if event.status is ReceiptStatus.EXPIRED:
-            return event
-    progress = [event for event in (*message_level, *mine) if event.status in _PROGRESS]
-    if not progress:
-        return None
-    return max(progress, key=lambda event: (_PROGRESS.index(event.status), event.at))
-
-
 def _task_urn(*parts: str) -> str:
     # Deterministic, so the same state renders the same document every time.
     return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, 'urn:backa:task:' + '/'.join(parts))}"
 
 
 def _timeline_task(timeline: SentTimeline, agency: str) -> dict[str, Any]:
-    mine = [event for event in timeline.events if event.agency == agency]
-    message_level = [e for e in timeline.events if e.agency not in timeline.recipients]
-    event = _current(mine, message_level)
+    event = recipient_event(timeline, agency)
     status = event.status if event is not None else None
     focus: dict[str, Any] = {"identifier": _identifier(MESSAGE_SYSTEM, timeline.message_id)}
     if timeline.kind is Kind.REFERRAL:

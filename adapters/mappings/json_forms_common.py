@@ -31,7 +31,7 @@ from typing import Any, Final, Protocol
 
 from pydantic import AwareDatetime, BaseModel, TypeAdapter, ValidationError
 
-from adapters.canonical import FieldProblem, Received, SentTimeline
+from adapters.canonical import FieldProblem, Received, SentTimeline, recipient_states
 from keys.errors import PersonnummerError
 from keys.personnummer import parse_identity_number
 from schemas.envelope import ConsentBasis, Kind, LegalBasis, Purpose
@@ -478,21 +478,12 @@ def content_json(content: object) -> dict[str, Any]:
 
 
 def latest_status(timeline: SentTimeline) -> dict[str, ReceiptStatus | None]:
-    """Each recipient's latest status: its own latest event, else the latest message-wide one.
+    """Each recipient's current state: the furthest point its events prove.
 
-    Events signed by a recipient are about that recipient's copy; any other
-    event (the broker's accepted, rejected or expired) is about the message
-    as a whole and stands for every recipient that has not said more. Events
-    are oldest first, so the last one seen wins.
+    One rule for every format (``adapters.canonical.recipient_states``): a
+    receipt that arrives late never moves a recipient back.
     """
-    own: dict[str, ReceiptStatus] = {}
-    shared: ReceiptStatus | None = None
-    for event in timeline.events:
-        if event.agency in timeline.recipients:
-            own[event.agency] = event.status
-        else:
-            shared = event.status
-    return {agency: own.get(agency, shared) for agency in timeline.recipients}
+    return recipient_states(timeline)
 
 
 # --- The Swedish vocabulary of the school, social services and police forms -------
