@@ -227,6 +227,7 @@ class Area:
     tmp: Path
     service: BrokerService
     registry: ConsentRegistry
+    store: SqlStore
     nodes: dict[str, Node] = field(default_factory=dict)
 
     async def start(
@@ -297,6 +298,25 @@ class Area:
         await node.runtime.stop()
         await node.runtime.store.close()
 
+    async def publish_as(self, agency: Agency, wire: bytes, message_id: str) -> None:
+        """Publish an envelope to backa.ingress as ``agency``'s RabbitMQ user, bypassing its adapter."""
+        connection = await aio_pika.connect(amqp_url_for(self.vhost, agency.agency, PASSWORD))
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange("backa.ingress", ensure=False)
+            await exchange.publish(
+                aio_pika.Message(
+                    wire,
+                    type="backa.envelope.v1",
+                    user_id=agency.agency,
+                    message_id=message_id,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key="backa.ingress",
+            )
+        finally:
+            await connection.close()
+
     async def register(self, body: bytes, registrar: Agency) -> None:
         """Register a consent through the broker's registry (what POST /v1/consents does)."""
         await self.registry.register(body, peer=adapter_peer(registrar), now=datetime.now(UTC))
@@ -351,7 +371,7 @@ async def area(area_users: str, store: SqlStore, tmp_path: Path) -> AsyncIterato
         for name in (agency_queue(agency.agency), control_queue(agency.agency)):
             await (await channel.get_queue(name, ensure=False)).purge()
     await admin.close()
-    running = Area(vhost=area_users, tmp=tmp_path, service=service, registry=registry)
+    running = Area(vhost=area_users, tmp=tmp_path, service=service, registry=registry, store=store)
     try:
         yield running
     finally:

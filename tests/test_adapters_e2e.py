@@ -8,10 +8,11 @@ as a signed receipt that its adapter verified.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -21,6 +22,10 @@ from playwright.async_api import BrowserContext, expect
 
 from adapters.runtime import AdapterRuntime
 from broker.provision import RabbitmqctlRunner
+from keys.envelope import seal
+from keys.lookup import SealingKey
+from keys.personnummer import parse_identity_number
+from schemas.envelope import Kind, LegalBasis, Purpose
 from tests.adapter_harness import (
     BUP,
     POLICE,
@@ -129,6 +134,7 @@ async def test_a_referral_from_the_school_reaches_social_services_and_bup(area: 
         pytest.param(VARDCENTRAL, BUP, "health-servicerequest-consent.json", "referral", (SMALL_CHILD_CONSENT, SMALL_CHILD), id="primary-care-fhir-consent-to-bup"),
         pytest.param(SOCIAL, POLICE, "social_services-concern_report.json", "concern_report", None, id="social-services-suspected-crime-to-police"),
         pytest.param(SCHOOL, SOCIAL, "school-concern_report.json", "concern_report", None, id="school-orosanmalan-to-social-services"),
+        pytest.param(BUP, SOCIAL, "health-bundle-legal-basis.json", "referral", None, id="bup-fhir-bundle-to-social-services"),
     ],
 )  # fmt: skip
 async def test_each_agency_type_sends_and_receives_in_its_own_format(
@@ -168,6 +174,22 @@ async def test_each_agency_type_sends_and_receives_in_its_own_format(
         return ("handed_over", recipient.agency, None) in events
 
     await until(handed_over, what="the handed_over receipt at the sender")
+
+
+async def test_barnets_plan_from_the_stodsamordnare_reaches_every_agency_in_its_format(
+    area: Area,
+) -> None:
+    """Social services' plan update arrives at the school, primary care and BUP, each rendered."""
+    social = await area.start(SOCIAL)
+    others = [await area.start(a) for a in (SCHOOL, VARDCENTRAL, BUP)]
+    await _register_alva(area, SOCIAL, SCHOOL, BUP, purposes=("plan",))
+    message_id = await social.submit(example("social_services-plan_update.json"))
+    for node in others:
+        (item,) = await until(partial(_inbox, node), what=f"the plan at {node.agency.agency}")
+        assert message_id in str(item)
+    school_item = (await _inbox(others[0]))[0]
+    assert school_item["typ"] == "planuppdatering", "the school's own form, not the canonical one"
+    assert (await others[0].runtime.get_received(message_id)).kind.value == "plan_update"
 
 
 async def test_a_revocation_stops_every_message_still_in_the_recipients_queue(area: Area) -> None:
@@ -356,3 +378,50 @@ async def test_the_stodsamordnare_accepts_a_team_invitation_in_the_web_inbox(
     assert {e.staff_id for e in detail.events if e.status.value in ("read", "answered")} == {
         "stodsamordnare.eva"
     }
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        pytest.param("wrong-key", "envelope_invalid", id="sealed-to-a-key-the-recipient-does-not-hold"),
+        pytest.param("other-child", "consent_child_mismatch", id="content-about-another-child"),
+    ],
+)  # fmt: skip
+async def test_a_message_the_recipient_cannot_accept_is_refused_and_never_handed_over(
+    area: Area, tamper: str, reason: str
+) -> None:
+    """The broker routes what it can verify; the recipient refuses what it cannot open or tie to its child."""
+    social = await area.start(SOCIAL)
+    content = example("canonical-concern_report.json")["content"]
+    number = parse_identity_number(
+        content["child"]["identity_number"], today=datetime.now(UTC).date()
+    )
+    content["child"]["identity_number"] = number.normalised
+    key = SOCIAL.sealing
+    if tamper == "wrong-key":
+        key = SealingKey(agency=SOCIAL.agency, kid=SOCIAL.kid, public_key=BUP.hpke.public_key)
+    now = datetime.now(UTC)
+    sealed = seal(
+        json.dumps(content).encode(),
+        sender=POLICE.sender,
+        recipients=[key],
+        kind=Kind.CONCERN_REPORT,
+        child=pseudonym_of("20150707-2385" if tamper == "other-child" else number.normalised),
+        basis=LegalBasis(type="legal", ref="osl-10-28"),
+        purpose=Purpose.CONCERN,
+        created=now,
+        expires=now + timedelta(days=7),
+    )
+    await area.publish_as(POLICE, sealed.wire, sealed.header.id)
+
+    async def refused() -> bool:
+        events = await area.store.timeline(sealed.header.id)
+        return any(
+            (e.agency, e.status, e.reason) == (SOCIAL.agency, "rejected", reason) for e in events
+        )
+
+    await until(refused, what=f"the recipient's rejected receipt ({reason}) at the broker")
+    row = await social.runtime.store.received(sealed.header.id)
+    assert row is not None
+    assert (row.state, row.reason, row.content) == ("rejected", reason, None)
+    assert await _inbox(social) == []
