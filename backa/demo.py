@@ -6,8 +6,8 @@ RabbitMQ, opens it at each recipient, and shows the refusals that make it
 safe. Each step checks its own outcome; the demo exits 0 only if every step
 did what it says, and a failure names the step.
 
-The broker service, consent and policy, the adapters, the audit log and
-deadlines are later issues; the demo says so plainly at the end.
+The broker service and the adapters exist but are not in this demo yet (#8);
+the audit log and deadlines are later issues; the demo says so plainly at the end.
 """
 
 from __future__ import annotations
@@ -338,12 +338,13 @@ STEPS: list[tuple[str, Callable[[State, Console], Awaitable[str]]]] = [
 ]
 
 NOT_YET = """\
-Built but not yet in this demo: the broker service (`backa broker serve`: verify, consent and
-legal-basis policy from deploy/policy/sweden.toml, routing, receipts, status) and its consent
-registry; the demo above seals and opens without it, so its consent id is not checked here.
+Built but not yet in this demo (#8 puts them together, each as its own process): the broker
+service (`backa broker serve`: verify, consent and legal-basis policy from
+deploy/policy/sweden.toml, routing, receipts, status) and its consent registry, and the agency
+adapters (`backa adapter run`: outbox, inbox, the second consent check before hand-over, FHIR
+and JSON formats, the stödsamordnare's web inbox; docs/adapters/README.md). The demo above
+seals and opens without them, so its consent id is not checked here.
 Not built yet (each is an open issue; `issues` lists them):
-  #4 the second consent check before hand-over, in the adapters
-  #5 agency adapters and the stödsamordnare's web inbox
   #6 the tamper-evident audit log for security officers
   #7 deadlines and escalation, so that no child falls into the gap
   #8 the full scenario with every agency as a separate process"""
