@@ -237,6 +237,7 @@ class Area:
         handover: str = "inbox",
         webhook_url: str | None = None,
         runtime_factory: Callable[..., AdapterRuntime] = AdapterRuntime,
+        connect: bool = True,
     ) -> Node:
         """Start ``agency``'s adapter (its SQLite file survives a stop) and wait until it consumes."""
         kind = DIRECTORY.agency_type(agency.agency)
@@ -263,7 +264,8 @@ class Area:
             recipient_keys=agency.recipient,
             pseudonym_key=PSEUDONYM_KEY,
             policy=POLICY,
-            amqp_url=amqp_url_for(self.vhost, agency.agency, PASSWORD),
+            # connect=False: a wrong password, so RabbitMQ refuses it (the adapter keeps retrying).
+            amqp_url=amqp_url_for(self.vhost, agency.agency, PASSWORD if connect else "wrong"),
             handover_mode=handover,
             webhook_url=webhook_url,
             webhook_render=mapping.render_received,
@@ -286,7 +288,8 @@ class Area:
         client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         await runtime.start()
-        await runtime.wait_connected()
+        if connect:
+            await runtime.wait_connected()
         node = Node(agency=agency, runtime=runtime, client=client, config=config)
         self.nodes[agency.agency] = node
         return node

@@ -425,3 +425,44 @@ async def test_a_message_the_recipient_cannot_accept_is_refused_and_never_handed
     assert row is not None
     assert (row.state, row.reason, row.content) == ("rejected", reason, None)
     assert await _inbox(social) == []
+
+
+async def test_the_webhook_is_retried_until_the_agency_system_takes_the_message(
+    area: Area,
+) -> None:
+    """The agency system answers 503 twice: the adapter retries; handed_over follows the 2xx only."""
+    answers = [503, 503, 200]
+    calls: list[str] = []
+
+    async def agency_system(request: web.Request) -> web.Response:
+        calls.append(request.headers["Idempotency-Key"])
+        return web.json_response({}, status=answers[min(len(calls), len(answers)) - 1])
+
+    app = web.Application()
+    app.router.add_post("/hook", agency_system)
+    async with serve(app) as base_url:
+        police = await area.start(POLICE)
+        social = await area.start(SOCIAL, handover="webhook", webhook_url=f"{base_url}/hook")
+        message_id = await police.submit(example("police-concern_report.json"))
+
+        async def handed_over() -> bool:
+            return ("handed_over", SOCIAL.agency, None) in await police.timeline(message_id)
+
+        await until(handed_over, what="the handed_over receipt after the retries")
+    assert calls == [message_id] * 3
+    assert (await social.runtime.store.received(message_id)).handover_attempts == 2  # type: ignore[union-attr]
+
+
+async def test_the_outbox_survives_a_restart_of_the_adapter(area: Area) -> None:
+    """Submitted while RabbitMQ refuses the adapter, stopped, started again: the message goes."""
+    social = await area.start(SOCIAL)
+    police = await area.start(POLICE)
+    await area.stop(POLICE)
+    blocked = await area.start(POLICE, connect=False)  # RabbitMQ not reachable for it
+    message_id = await blocked.submit(example("police-concern_report.json"))
+    assert [t.outbox for t in await blocked.runtime.list_sent()] == ["queued"]
+    await area.stop(POLICE)
+    police = await area.start(POLICE)
+    await until(partial(_inbox, social), what="the message after the restart")
+    assert [t.outbox for t in await police.runtime.list_sent()] == ["sent"]
+    assert message_id in str(await _inbox(social))
