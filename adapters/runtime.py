@@ -167,6 +167,8 @@ class AdapterRuntime:
     _control_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     _http: aiohttp.ClientSession | None = field(default=None, init=False)
     _stopping: bool = field(default=False, init=False)
+    _consumer: tuple[AbstractQueue, str] | None = field(default=None, init=False)
+    _inflight: set[asyncio.Task[Any]] = field(default_factory=set, init=False)
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -195,20 +197,40 @@ class AdapterRuntime:
         ]
         _log.info("adapter_started", agency=self.agency_id, handover=self.handover_mode)
 
-    async def stop(self) -> None:
-        """Stop taking messages, finish the current step, close connections. Idempotent."""
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop taking messages, finish the current step, close connections. Idempotent.
+
+        The loops stop at their next safe point (never inside a transaction);
+        only a step that outlasts ``grace_s`` is cancelled.
+        """
         if self._stopping:
             return
         self._stopping = True
+        self._wake_outbox.set()
+        self._wake_handover.set()
+        if self._consumer is not None:
+            queue, tag = self._consumer
+            with suppress(*TRANSIENT):
+                await queue.cancel(tag)  # no new deliveries
+        if self._inflight:
+            # Let a message being stored finish: cancelling it mid-transaction would
+            # leave its connection to the garbage collector.
+            await asyncio.wait(set(self._inflight), timeout=grace_s)
+        if self._connection is not None:
+            with suppress(*TRANSIENT):
+                await self._connection.close()  # unacked deliveries return to the queue
+        loops = [t for t in self._tasks if t.get_name() != "adapter-connect"]
         for task in self._tasks:
-            task.cancel()
+            if task not in loops:
+                task.cancel()
+        if loops:
+            _done, late = await asyncio.wait(loops, timeout=grace_s)
+            for task in late:
+                task.cancel()
         for task in self._tasks:
             with suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self._connection is not None:
-            with suppress(*TRANSIENT):
-                await self._connection.close()
         if self._http is not None:
             await self._http.close()
         _log.info("adapter_stopped", agency=self.agency_id)
@@ -239,7 +261,7 @@ class AdapterRuntime:
             self._control = await channel.get_queue(control_queue(self.agency_id), ensure=True)
             self._channel = channel
             self._connection = connection
-            await queue.consume(self._on_message)
+            self._consumer = (queue, await queue.consume(self._on_message))
             _log.info("rabbitmq_connected", agency=self.agency_id)
             self._wake_outbox.set()
             self._wake_handover.set()
@@ -340,7 +362,7 @@ class AdapterRuntime:
         return child_pseudonym(number, self.pseudonym_key), thread
 
     async def _outbox_loop(self) -> None:
-        while True:
+        while not self._stopping:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_outbox.wait(), timeout=self.poll_s)
             self._wake_outbox.clear()
@@ -389,6 +411,12 @@ class AdapterRuntime:
     # --- receiving ------------------------------------------------------------------------
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        if self._stopping:
+            return  # not acked: RabbitMQ delivers it again after the connection closes
         try:
             if message.type == TYPE_RECEIPT:
                 await self._receive_receipt(message.body)
@@ -576,7 +604,7 @@ class AdapterRuntime:
     # --- hand-over ------------------------------------------------------------------------
 
     async def _handover_loop(self) -> None:
-        while True:
+        while not self._stopping:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_handover.wait(), timeout=self.poll_s)
             self._wake_handover.clear()
