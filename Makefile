@@ -47,6 +47,7 @@ bench: venv
 	$(BIN)/python -m bench.envelope
 	deploy/dev/ensure-rabbitmq.sh
 	$(BIN)/python -m bench.broker_hop
+	$(BIN)/python -m bench.audit
 
 # Regenerate the exported JSON Schema after changing a model in schemas/.
 schemas: venv

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from adapters.cli import app as adapter_app
 from backa.demo import DemoSettings, run
+from broker.audit.cli import app as audit_app
 from broker.cli import app as broker_app
 from keys import logs
 from keys.cli import app as keys_app
@@ -43,6 +44,7 @@ app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 app.add_typer(broker_app, name="broker")
 app.add_typer(adapter_app, name="adapter")
+app.add_typer(audit_app, name="audit")
 
 
 @app.command()

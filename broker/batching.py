@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
 from broker.records import MessageRecord, Recorded, StatusEvent, Store
+from schemas.audit import AuditEntry
 
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
@@ -85,6 +86,10 @@ class GroupCommitStore:
     async def append_events(self, events: Sequence[StatusEvent]) -> int:
         """Write through to the inner store."""
         return await self.inner.append_events(events)
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> list[int]:
+        """Straight through: audit entries of their own are rare (refusals, reads)."""
+        return await self.inner.append_audit(entries)
 
     async def timeline(self, message_id: str) -> list[StatusEvent]:
         """Read through to the inner store."""

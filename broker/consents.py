@@ -24,6 +24,7 @@ from typing import TypeVar
 import structlog
 from pydantic import ValidationError
 
+from broker.audit.entry import consent_entry
 from broker.errors import BadRequest, BrokerError, Forbidden, NotFound
 from broker.policy import Decision
 from broker.store import ConsentRow, SqlStore
@@ -139,7 +140,18 @@ class ConsentRegistry:
             valid_until=record.valid_until,
             registered_at=now,
         )
-        if not await self.store.register_consent(row):
+        parties = self._parties(ConsentState(record=record), directory)
+        audit = consent_entry(
+            revoked=False,
+            consent_id=record.id,
+            child=record.child,
+            agency=record.registered_by.agency,
+            staff_id=record.registered_by.staff_id,
+            parties=parties,
+            at=now,
+            digest=record.document_digest,
+        )
+        if not await self.store.register_consent(row, audit=audit):
             # Registered before: the same body again is idempotent, another body is refused.
             stored = await self.store.consents(child=record.child)
             same = [r for r in stored if r.consent_id == record.id]
@@ -175,8 +187,21 @@ class ConsentRegistry:
         ):
             raise NotFound()  # not a party: do not reveal that the consent exists
         # Forward only: effective now, whatever time the revocation claims.
+        audit = consent_entry(
+            revoked=True,
+            consent_id=consent_id,
+            child=state.record.child,
+            agency=revocation.by.agency,
+            staff_id=revocation.by.staff_id,
+            parties=self._parties(state, directory),
+            at=now,
+        )
         row = await self.store.revoke_consent(
-            consent_id, revoked_at=now, payload=signed.payload, signature=signed.signature
+            consent_id,
+            revoked_at=now,
+            payload=signed.payload,
+            signature=signed.signature,
+            audit=audit,
         )
         if row is None:
             raise NotFound()

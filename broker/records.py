@@ -14,6 +14,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from schemas.audit import AuditEntry
+
 
 class Outcome(StrEnum):
     """The broker's decision on an ingress message."""
@@ -46,6 +48,7 @@ class MessageRecord:
     legal_ref: str | None  # the legal reference of that rule
     recipients: tuple[str, ...]  # agency ids the message is (to be) routed to
     routed_at: datetime | None = None  # set once every recipient publish was confirmed
+    log_index: int | None = None  # the index of the decision's audit entry, once logged
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,15 @@ class Store(Protocol):
 
     async def timeline(self, message_id: str) -> list[StatusEvent]:
         """Every status event of a message, oldest first (by ``at``, then insertion)."""
+        ...
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> list[int]:
+        """Append audit entries that go with no other write; their log indices.
+
+        Decisions, routing, receipts and consents are audited by the store in
+        the transaction that writes them; this is for the rest (refusals of
+        input that is not stored, dead letters, reads of the audit itself).
+        """
         ...
 
     async def ping(self) -> None:

@@ -46,6 +46,7 @@ from aio_pika.abc import (
 
 from broker import receipts
 from broker.amqp import declare_topology
+from broker.audit.entry import refusal_entry
 from broker.metrics import Metrics
 from broker.pipeline import Ingress, Reject, Relay, Route, evaluate, is_message_id
 from broker.policy import Policy
@@ -330,6 +331,7 @@ class BrokerService:
                 recipients=stored.recipients,
                 broker=self.broker_key,
                 at=now,
+                log_index=stored.log_index,
             ),
         )
         extra: dict[str, object] = {
@@ -392,6 +394,20 @@ class BrokerService:
                 stored = recorded.record
                 if stored.outcome is Outcome.ACCEPTED:
                     extra["note"] = "already accepted"
+        else:
+            # Not stored (it did not verify, or is not the publisher's to store),
+            # but a refusal is a decision: the audit log names it all the same.
+            await self.store.append_audit(
+                [
+                    refusal_entry(
+                        reason=reject.reason,
+                        message_id=reject.message_id,
+                        publisher=reject.reply_to,
+                        digest=reject.digest,
+                        at=now,
+                    )
+                ]
+            )
         if reject.reply_to is not None and reject.message_id is not None:
             await self._send_receipt(
                 reject.reply_to,

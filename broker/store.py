@@ -31,6 +31,7 @@ programming and data errors are bugs, not outages, and propagate unchanged.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -48,8 +49,11 @@ from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from broker.audit import entry as audit_entry
+from broker.audit import merkle
 from broker.errors import Unavailable
 from broker.records import MessageRecord, Outcome, Recorded, StatusEvent
+from schemas.audit import AuditEntry
 
 __all__ = [
     "AUDIT_ENTRIES",
@@ -178,6 +182,8 @@ MESSAGES: Final = sa.Table(
     sa.Column("rule", sa.String(_ID), nullable=True),
     sa.Column("legal_ref", sa.String(_TEXT), nullable=True),
     sa.Column("routed_at", UtcDateTime(), nullable=True),
+    # The index of the decision's audit entry, carried by the accepted receipt.
+    sa.Column("log_index", sa.BigInteger(), nullable=True),
     sa.Index("ix_messages_child", "child"),
     sa.Index("ix_messages_thread", "thread"),
 )
@@ -282,6 +288,7 @@ DEADLINES: Final = sa.Table(
 )
 
 #: Leaves of the audit Merkle tree: ``entry`` is the canonical JSON, never changed.
+#: The other columns repeat fields of the entry, for the security officer's search.
 AUDIT_ENTRIES: Final = sa.Table(
     "audit_entries",
     METADATA,
@@ -289,7 +296,41 @@ AUDIT_ENTRIES: Final = sa.Table(
     sa.Column("at", UtcDateTime(), nullable=False),
     sa.Column("entry", sa.LargeBinary(), nullable=False),
     sa.Column("leaf_hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("event", sa.String(_CODE), nullable=False),
+    sa.Column("kind", sa.String(_CODE), nullable=True),
+    sa.Column("child", sa.String(_ID), nullable=True),
+    sa.Column("message_id", sa.String(_ID), nullable=True),
     sa.Index("ix_audit_entries_at", "at"),
+    sa.Index("ix_audit_entries_child_seq", "child", "seq"),
+    sa.Index("ix_audit_entries_message_id", "message_id"),
+)
+
+#: Every agency an entry names (sender and recipients), for search by agency.
+AUDIT_PARTIES: Final = sa.Table(
+    "audit_parties",
+    METADATA,
+    sa.Column("agency", sa.String(_ID), primary_key=True),
+    sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=False),
+)
+
+#: The hash of every aligned perfect subtree of the audit tree (level 0: the leaves),
+#: so that roots and proofs read O(log n) rows (broker.audit.merkle).
+AUDIT_NODES: Final = sa.Table(
+    "audit_nodes",
+    METADATA,
+    sa.Column("level", sa.SmallInteger(), primary_key=True, autoincrement=False),
+    sa.Column("idx", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+)
+
+#: Signed checkpoints (C2SP signed notes) of the audit tree, one per size signed.
+AUDIT_CHECKPOINTS: Final = sa.Table(
+    "audit_checkpoints",
+    METADATA,
+    sa.Column("size", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("root", sa.LargeBinary(32), nullable=False),
+    sa.Column("note", sa.Text(), nullable=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
 )
 
 
@@ -480,6 +521,7 @@ def _message_values(record: MessageRecord) -> dict[str, Any]:
         "rule": record.rule,
         "legal_ref": record.legal_ref,
         "routed_at": record.routed_at,
+        "log_index": record.log_index,
     }
 
 
@@ -505,6 +547,7 @@ def _record_from(row: sa.RowMapping, recipients: Sequence[str]) -> MessageRecord
         legal_ref=row["legal_ref"],
         recipients=tuple(recipients),
         routed_at=row["routed_at"],
+        log_index=row["log_index"],
     )
 
 
@@ -538,6 +581,73 @@ def _event_from(row: sa.RowMapping) -> StatusEvent:
         decline_reason=row["decline_reason"],
         staff_id=row["staff_id"],
     )
+
+
+#: The PostgreSQL advisory lock that serialises appends to the audit tree across
+#: broker instances (each append reads the tree's right edge; two at once would fork it).
+AUDIT_LOCK_KEY: Final = 0x62_61_63_6B_61_75_64  # "backaud"
+
+
+async def append_audit(conn: AsyncConnection, entries: Sequence[AuditEntry]) -> list[int]:
+    """Append ``entries`` to the audit tree inside the caller's transaction; their indices.
+
+    Inside the transaction that writes what the entries describe, so a decision
+    and its audit entry are committed together or not at all. Costs O(log n)
+    node reads (the tree's right edge, in one query) and amortised O(1) writes
+    per entry (``broker.audit.merkle.nodes_to_store``).
+    """
+    if not entries:
+        return []
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(AUDIT_LOCK_KEY)))
+    size = await conn.scalar(sa.select(sa.func.coalesce(sa.func.max(AUDIT_ENTRIES.c.seq) + 1, 0)))
+    size = int(size or 0)
+    known: dict[tuple[int, int], bytes] = {}
+    edge = merkle.needed_nodes_for_root(size)
+    if edge:
+        rows = await conn.execute(
+            sa.select(AUDIT_NODES.c.level, AUDIT_NODES.c.idx, AUDIT_NODES.c.hash).where(
+                sa.tuple_(AUDIT_NODES.c.level, AUDIT_NODES.c.idx).in_(list(edge))
+            )
+        )
+        known.update({(r.level, r.idx): bytes(r.hash) for r in rows})
+
+    def get(level: int, index: int) -> bytes:
+        return known[(level, index)]
+
+    entry_rows: list[dict[str, Any]] = []
+    party_rows: list[dict[str, Any]] = []
+    node_rows: list[dict[str, Any]] = []
+    indices = []
+    for offset, item in enumerate(entries):
+        index = size + offset
+        data = audit_entry.canonical_bytes(item)
+        leaf = merkle.leaf_hash(data)
+        for level, idx, digest in merkle.nodes_to_store(index, leaf, get):
+            known[(level, idx)] = digest
+            node_rows.append({"level": level, "idx": idx, "hash": digest})
+        entry_rows.append(
+            {
+                "seq": index,
+                "at": item.at,
+                "entry": data,
+                "leaf_hash": leaf,
+                "event": item.event.value,
+                "kind": item.kind.value if item.kind else None,
+                "child": item.child,
+                "message_id": item.message_id,
+            }
+        )
+        party_rows += [
+            {"agency": agency, "seq": index}
+            for agency in sorted({*([item.sender] if item.sender else []), *item.recipients})
+        ]
+        indices.append(index)
+    await conn.execute(sa.insert(AUDIT_ENTRIES), entry_rows)
+    await conn.execute(sa.insert(AUDIT_NODES), node_rows)
+    if party_rows:
+        await conn.execute(sa.insert(AUDIT_PARTIES), party_rows)
+    return indices
 
 
 class SqlStore:
@@ -631,11 +741,26 @@ class SqlStore:
             await self._insert_events(conn, events)  # receipts need the per-event dedupe
         elif events:
             await conn.execute(sa.insert(STATUS_EVENTS), [_event_values(e) for e in events])
+        logged = await append_audit(
+            conn, [audit_entry.decision_entry(record) for record, _events in new_items]
+        )
+        log_index = {
+            record.message_id: index
+            for (record, _events), index in zip(new_items, logged, strict=True)
+        }
+        if log_index:
+            await conn.execute(
+                sa.update(MESSAGES)
+                .where(MESSAGES.c.message_id == sa.bindparam("logged_id"))
+                .values(log_index=sa.bindparam("logged_index")),
+                [{"logged_id": m, "logged_index": i} for m, i in log_index.items()],
+            )
         results: list[Recorded] = []
         for record, _events in items:
             if is_new(record):
                 # What was just written is what is stored: no need to read it back.
-                results.append(Recorded(record=replace(record, routed_at=None), created=True))
+                written = replace(record, routed_at=None, log_index=log_index[record.message_id])
+                results.append(Recorded(record=written, created=True))
                 continue
             stored = await self._read_message(conn, record.message_id)
             if stored is None:
@@ -657,31 +782,50 @@ class SqlStore:
         await self.mark_routed_many([(message_id, at)])
 
     async def mark_routed_many(self, marks: Sequence[tuple[str, datetime]]) -> None:
-        """``mark_routed`` for each (message id, time), in one transaction."""
+        """``mark_routed`` for each (message id, time), in one transaction, each audited once."""
         if not marks:
             return
         with _boundary(self._url):
             async with self._engine.begin() as conn:
-                await conn.execute(
-                    sa.update(MESSAGES)
-                    .where(
-                        MESSAGES.c.message_id == sa.bindparam("routed_id"),
-                        MESSAGES.c.routed_at.is_(None),
-                    )
-                    .values(routed_at=sa.bindparam("routed_at_value")),
-                    [{"routed_id": mid, "routed_at_value": at} for mid, at in marks],
-                )
+                routed: list[AuditEntry] = []
+                for message_id, at in marks:
+                    changed = (
+                        await conn.execute(
+                            sa.update(MESSAGES)
+                            .where(
+                                MESSAGES.c.message_id == message_id,
+                                MESSAGES.c.routed_at.is_(None),
+                            )
+                            .values(routed_at=at)
+                            .returning(MESSAGES.c.message_id)
+                        )
+                    ).first()
+                    if changed is None:
+                        continue  # routed before (a redelivery), or never stored
+                    record = await self._read_message(conn, message_id)
+                    if record is not None:
+                        routed.append(audit_entry.routed_entry(record, at))
+                await append_audit(conn, routed)
 
     async def append_events(self, events: Sequence[StatusEvent]) -> int:
         """Append status events; one whose receipt id is already stored is skipped.
 
+        Each event written is audited (a receipt entry) in the same transaction.
         Returns the number of events actually written.
         """
         if not events:
             return 0
         with _boundary(self._url):
             async with self._engine.begin() as conn:
-                return await self._insert_events(conn, events)
+                return await self._insert_events(conn, events, audit=True)
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> list[int]:
+        """Append entries that go with no other write (refusals of unstored input, reads)."""
+        if not entries:
+            return []
+        with _boundary(self._url):
+            async with self._engine.begin() as conn:
+                return await append_audit(conn, entries)
 
     async def timeline(self, message_id: str) -> list[StatusEvent]:
         """Every status event of a message, oldest first (by ``at``, then insertion)."""
@@ -723,7 +867,31 @@ class SqlStore:
         )
         with _boundary(self._url):
             async with self._engine.begin() as conn:
+                stored = {
+                    (r.agency, r.kid): r.payload
+                    for r in await conn.execute(
+                        sa.select(
+                            DIRECTORY_ENTRIES.c.agency,
+                            DIRECTORY_ENTRIES.c.kid,
+                            DIRECTORY_ENTRIES.c.payload,
+                        )
+                    )
+                }
                 await conn.execute(statement, rows)
+                # A new or replaced entry is a key change the security officer must see.
+                now = datetime.now(UTC)
+                await append_audit(
+                    conn,
+                    [
+                        audit_entry.directory_entry(
+                            agency=row["agency"],
+                            digest=hashlib.sha256(row["payload"].encode()).hexdigest(),
+                            at=now,
+                        )
+                        for row in rows
+                        if stored.get((row["agency"], row["kid"])) != row["payload"]
+                    ],
+                )
 
     async def directory_rows(self) -> list[DirectoryRow]:
         """Every stored directory entry, by agency and key id."""
@@ -744,10 +912,12 @@ class SqlStore:
             for row in rows
         ]
 
-    async def _insert_events(self, conn: AsyncConnection, events: Sequence[StatusEvent]) -> int:
+    async def _insert_events(
+        self, conn: AsyncConnection, events: Sequence[StatusEvent], *, audit: bool = False
+    ) -> int:
         # One statement per event keeps insertion ids in the caller's order
         # (the timeline's tie-break) and tells exactly which were skipped.
-        written = 0
+        written: list[StatusEvent] = []
         for event in events:
             inserted = (
                 await conn.execute(
@@ -760,8 +930,17 @@ class SqlStore:
                     .returning(STATUS_EVENTS.c.id)
                 )
             ).first()
-            written += inserted is not None
-        return written
+            if inserted is not None:
+                written.append(event)
+        if audit and written:
+            records = {
+                m: await self._read_message(conn, m) for m in {e.message_id for e in written}
+            }
+            await append_audit(
+                conn,
+                [audit_entry.receipt_entry(e, record=records[e.message_id]) for e in written],
+            )
+        return len(written)
 
     async def _read_message(self, conn: AsyncConnection, message_id: str) -> MessageRecord | None:
         row = (
@@ -780,8 +959,8 @@ class SqlStore:
         ).scalars()
         return _record_from(row, list(recipients))
 
-    async def register_consent(self, row: ConsentRow) -> bool:
-        """Store a verified consent; False (and nothing written) if its id is already stored."""
+    async def register_consent(self, row: ConsentRow, *, audit: AuditEntry | None = None) -> bool:
+        """Store a verified consent and its audit entry; False (nothing written) if stored."""
         with _boundary(self._url):
             async with self._engine.begin() as conn:
                 inserted = (
@@ -792,26 +971,40 @@ class SqlStore:
                         .returning(CONSENTS.c.consent_id)
                     )
                 ).first()
+                if inserted is not None and audit is not None:
+                    await append_audit(conn, [audit])
         return inserted is not None
 
     async def revoke_consent(
-        self, consent_id: str, *, revoked_at: datetime, payload: str, signature: str
+        self,
+        consent_id: str,
+        *,
+        revoked_at: datetime,
+        payload: str,
+        signature: str,
+        audit: AuditEntry | None = None,
     ) -> ConsentRow | None:
         """Record a verified revocation; the first one stands (forward only, never undone).
 
+        The audit entry is appended only by the revocation that takes effect.
         Returns the consent as stored afterwards, or None if it was never registered.
         """
         with _boundary(self._url):
             async with self._engine.begin() as conn:
-                await conn.execute(
-                    sa.update(CONSENTS)
-                    .where(CONSENTS.c.consent_id == consent_id, CONSENTS.c.revoked_at.is_(None))
-                    .values(
-                        revoked_at=revoked_at,
-                        revocation_payload=payload,
-                        revocation_signature=signature,
+                changed = (
+                    await conn.execute(
+                        sa.update(CONSENTS)
+                        .where(CONSENTS.c.consent_id == consent_id, CONSENTS.c.revoked_at.is_(None))
+                        .values(
+                            revoked_at=revoked_at,
+                            revocation_payload=payload,
+                            revocation_signature=signature,
+                        )
+                        .returning(CONSENTS.c.consent_id)
                     )
-                )
+                ).first()
+                if changed is not None and audit is not None:
+                    await append_audit(conn, [audit])
                 row = (
                     (
                         await conn.execute(

@@ -41,6 +41,14 @@ PURE = [
     "broker/status.py",
     "broker/records.py",
     "broker/receipts.py",
+    "broker/audit/merkle.py",
+    "broker/audit/note.py",
+    "broker/audit/entry.py",
+    "broker/audit/verify.py",
+    "broker/audit/ports.py",
+    "adapters/canonical.py",
+    "adapters/core.py",
+    "adapters/mappings",
 ]
 
 

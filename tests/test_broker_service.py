@@ -232,6 +232,8 @@ async def test_routes_to_one_recipient_and_answers_accepted(harness: Harness) ->
     assert record is not None
     assert record.outcome is Outcome.ACCEPTED
     assert record.routed_at is not None
+    assert receipt.log_index is not None
+    assert receipt.log_index == record.log_index, "the receipt names the decision's audit entry"
     timeline = await harness.store.timeline(sealed.header.id)
     assert timeline[0].status == "accepted"
 
@@ -405,6 +407,9 @@ class _CrashAfterCommit:
 
     async def timeline(self, message_id: str) -> list[StatusEvent]:
         return await self.inner.timeline(message_id)
+
+    async def append_audit(self, entries: Any) -> list[int]:
+        return await self.inner.append_audit(entries)
 
     async def ping(self) -> None:
         await self.inner.ping()

@@ -45,6 +45,7 @@ from keys.ca import (
 from keys.directory import Directory, load_bundle, verify_entry
 from keys.material import ed25519_public_from_bytes
 from keys.setup import AreaLayout, init_area
+from schemas.audit import AuditEntry
 from schemas.common import b64url_decode
 from schemas.directory import DirectoryBundle
 
@@ -75,6 +76,7 @@ class MemoryStore:
     messages: dict[str, MessageRecord] = field(default_factory=dict)
     events: list[StatusEvent] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    audit: list[AuditEntry] = field(default_factory=list)
 
     async def record_decision(
         self, record: MessageRecord, events: Sequence[StatusEvent]
@@ -124,6 +126,11 @@ class MemoryStore:
         """Events of one message by ``at``, then insertion."""
         self.calls.append("timeline")
         return sorted((e for e in self.events if e.message_id == message_id), key=lambda e: e.at)
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> list[int]:
+        """Kept in a list: the HTTP layer never reads them back."""
+        self.audit.extend(entries)
+        return list(range(len(self.audit) - len(entries), len(self.audit)))
 
     async def ping(self) -> None:
         """Always reachable."""

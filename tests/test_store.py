@@ -34,6 +34,8 @@ from broker.store import (
 
 T0 = datetime(2026, 11, 25, 9, 30, tzinfo=UTC)
 CHILD = "c" * 64
+#: The newest migration: every test database is migrated to it.
+HEAD = "0002"
 #: A time zone other than UTC, to show that times are normalised, not just passed through.
 CET = timezone(timedelta(hours=1))
 
@@ -101,6 +103,8 @@ async def test_record_decision_inserts_then_returns_the_existing_record(store: S
     first = _record()
     recorded = await store.record_decision(first, [_event(first.message_id, "accepted")])
     assert recorded.created
+    assert recorded.record.log_index is not None, "the decision was logged"
+    first = replace(first, log_index=recorded.record.log_index)
     assert recorded.record == first
 
     second = replace(first, outcome=Outcome.REJECTED, reason="no_basis", recipients=("police-x",))
@@ -149,7 +153,7 @@ async def test_concurrent_record_decision_creates_exactly_one(
     assert most_in_use > 1, "the contenders never overlapped: the test proves nothing"
     assert sum(r.created for r in results) == 1
     winner = next(r.record for r in results if r.created)
-    assert winner in contenders
+    assert replace(winner, log_index=None) in contenders
     assert all(r.record == winner for r in results)
     assert len(await store.timeline(message_id)) == 1
 
@@ -175,9 +179,10 @@ async def test_record_without_recipients_round_trips(store: SqlStore) -> None:
         legal_ref=None,
         in_reply_to=str(uuid.uuid4()),
     )
-    await store.record_decision(record, [_event(record.message_id, "rejected")])
+    logged = await store.record_decision(record, [_event(record.message_id, "rejected")])
 
-    assert await store.get_message(record.message_id) == record
+    assert await store.get_message(record.message_id) == logged.record
+    assert logged.record == replace(record, log_index=logged.record.log_index)
 
 
 async def test_record_decision_refuses_incoherent_input(store: SqlStore) -> None:
@@ -229,7 +234,7 @@ async def test_timeline_orders_by_at_then_insertion(store: SqlStore) -> None:
     await store.append_events(
         [
             _event(mid, "read", at=T0 + timedelta(minutes=9), agency="soc-backa", receipt_id="r-9"),
-            _event(mid, "received", at=T0, agency="skola-backa"),
+            _event(mid, "expired", at=T0, agency="skola-backa"),
             _event(mid, "delivered", at=T0 + timedelta(minutes=5), agency="soc-backa"),
             _event(mid, "handed_over", at=T0 + timedelta(minutes=5), agency="soc-backa"),
         ]
@@ -240,7 +245,7 @@ async def test_timeline_orders_by_at_then_insertion(store: SqlStore) -> None:
     )
 
     assert [e.status for e in await store.timeline(mid)] == [
-        "received",
+        "expired",
         "accepted",
         "routed",
         "delivered",
@@ -251,8 +256,7 @@ async def test_timeline_orders_by_at_then_insertion(store: SqlStore) -> None:
 
 async def test_mark_routed_sets_the_first_time_only(store: SqlStore) -> None:
     """mark_routed sets routed_at once; a repeat keeps the first time; an unknown id is ignored."""
-    record = _record()
-    await store.record_decision(record, [])
+    record = (await store.record_decision(_record(), [])).record
     assert (await store.get_message(record.message_id)) == record
 
     await store.mark_routed(record.message_id, T0 + timedelta(seconds=3))
@@ -331,14 +335,13 @@ async def test_ping_answers_on_a_live_database(store: SqlStore) -> None:
 
 async def test_migrate_twice_is_a_no_op(store: SqlStore, database_url: str) -> None:
     """Migrating an up-to-date database changes nothing and keeps its rows."""
-    record = _record()
-    await store.record_decision(record, [])
+    record = (await store.record_decision(_record(), [])).record
 
     await migrate(database_url)
 
     async with store.engine.connect() as conn:
         versions = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).all()
-    assert [v for (v,) in versions] == ["0001"]
+    assert [v for (v,) in versions] == [HEAD]
     assert await store.get_message(record.message_id) == record
 
 
@@ -356,7 +359,7 @@ async def test_concurrent_migrations_in_one_process_take_turns(database_url: str
     """Several tasks migrating one fresh database at once all succeed, and it is migrated once."""
     await asyncio.gather(*(migrate(database_url) for _ in range(4)))
 
-    assert await _versions(database_url) == ["0001"]
+    assert await _versions(database_url) == [HEAD]
 
 
 @pytest.mark.parametrize(
@@ -375,7 +378,7 @@ async def test_migration_waits_for_the_advisory_lock(database_url: str) -> None:
     finally:
         await holder.close()
 
-    assert await _versions(database_url) == ["0001"]
+    assert await _versions(database_url) == [HEAD]
 
 
 def _schema_differences(connection: Connection) -> list[Any]:
@@ -427,6 +430,9 @@ async def test_migrated_schema_matches_the_metadata(store: SqlStore) -> None:
         "consents",
         "deadlines",
         "audit_entries",
+        "audit_parties",
+        "audit_nodes",
+        "audit_checkpoints",
     }
 
 
