@@ -367,3 +367,76 @@ async def test_entries_hold_metadata_only(store: SqlStore) -> None:
         assert set(json.loads(logged.canonical)) <= allowed
         assert canonical_bytes(logged.entry) == logged.canonical
         assert merkle.leaf_hash(logged.canonical) == logged.leaf_hash
+
+
+async def test_backa_audit_extract_gives_one_childs_entries(
+    store: SqlStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The officer types the number; the pseudonym is computed locally; only that child's entries."""
+    from keys.keystore import write_private_key  # noqa: PLC0415
+    from keys.pseudonym import PseudonymKey, pseudonym_from_text  # noqa: PLC0415
+
+    secret = b"p" * 32
+    key_file = tmp_path / "pseudonym.key"
+    write_private_key(key_file, "hmac-sha256", "pseudonym", secret, passphrase=None, insecure=True)
+    number = "201212121212"
+    child = pseudonym_from_text(number, PseudonymKey(secret), today=T0.date())
+    await store.record_decision(_record(child=child), [])
+    await store.record_decision(_record(), [])  # another child
+    log = _log(store)
+    export = tmp_path / "export.jsonl"
+    export.write_bytes(b"".join(await _export(log, await log.size())))
+    monkeypatch.delenv("BACKA_KEY_PASSPHRASE", raising=False)
+    monkeypatch.delenv("BACKA_KEY_PASSPHRASE_FILE", raising=False)
+    result = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            "extract",
+            "--pseudonym-key",
+            str(key_file),
+            "--export",
+            str(export),
+            "--allow-insecure-keys",
+        ],
+        input=number + "\n",
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [line["entry"]["child"] for line in lines] == [child]
+    assert number not in result.output
+    assert "1 entries about this child" in result.output
+
+
+async def test_backa_audit_review_samples_what_the_review_needs(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    """Night-time reads, refusals and revocations are listed; daytime reads are not."""
+    night = T0.replace(hour=1)  # 02:00 in Stockholm
+    day = T0.replace(hour=9)  # 10:00 in Stockholm, a Wednesday
+    await store.append_audit(
+        [
+            read_entry(actor="officer-night", query="search (all)", at=night),
+            read_entry(actor="officer-day", query="search (all)", at=day),
+            consent_entry(
+                revoked=True,
+                consent_id=str(uuid.uuid4()),
+                child=CHILD,
+                agency="soc-backa",
+                staff_id="handl-7",
+                parties=["soc-backa", "skola-backa"],
+                at=day,
+            ),
+        ]
+    )
+    await store.record_decision(
+        _record(outcome=Outcome.REJECTED, reason="no_basis", rule=None, legal_ref=None), []
+    )
+    log = _log(store)
+    export = tmp_path / "export.jsonl"
+    export.write_bytes(b"".join(await _export(log, await log.size())))
+    result = CliRunner().invoke(app, ["audit", "review", "--export", str(export)])
+    assert result.exit_code == 0, result.output
+    reasons = [line.split("\t")[2] for line in result.stdout.splitlines() if "\t" in line]
+    assert reasons == ["read outside office hours", "consent revoked", "refusal"]
+    assert "officer-day" not in result.stdout

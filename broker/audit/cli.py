@@ -142,8 +142,8 @@ def _entries(export: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield int(line["index"]), dict(line["entry"])
 
 
-@app.command("extract", short_help="One child's log extract, from an export.")
-def extract_command(
+@app.command("extract", short_help="One child's log extract, from the broker or an export.")
+def extract_command(  # noqa: PLR0917 - typer passes each option as a parameter
     personnummer: Annotated[
         str,
         typer.Option("--personnummer", prompt=True, hide_input=True, help="The child's number."),
@@ -151,7 +151,19 @@ def extract_command(
     pseudonym_key: Annotated[
         Path, typer.Option("--pseudonym-key", help="The area pseudonym key file.")
     ],
-    export: Annotated[Path, typer.Option("--export", help="The export (JSON lines) to search.")],
+    export: Annotated[
+        Path | None, typer.Option("--export", help="Search this export instead of the broker.")
+    ] = None,
+    broker_url: Annotated[
+        str | None, typer.Option("--broker-url", help="The broker, e.g. https://localhost:8443.")
+    ] = None,
+    officer_dir: Annotated[
+        Path | None,
+        typer.Option("--officer-dir", help="The officer's client.crt and client.key."),
+    ] = None,
+    ca_cert: Annotated[
+        Path | None, typer.Option("--ca-cert", help="The area CA certificate (ca.crt).")
+    ] = None,
     allow_insecure_keys: Annotated[
         bool,
         typer.Option("--allow-insecure-keys", help="Accept a dev key file (development only)."),
@@ -159,18 +171,22 @@ def extract_command(
 ) -> None:
     """Every entry about one child (patient data law's log extract), as JSON lines.
 
-    The pseudonym is computed here; the personnummer is never printed or sent.
+    The pseudonym is computed here from the number and the area pseudonym key;
+    only the pseudonym is sent to the broker (over mutual TLS, with the
+    officer's certificate), and the number is never printed. With --export the
+    extract is made from an export file instead, offline.
     """
     from keys.errors import KeysError, PersonnummerError  # noqa: PLC0415
     from keys.keystore import read_private_key  # noqa: PLC0415
     from keys.pseudonym import PseudonymKey, pseudonym_from_text  # noqa: PLC0415
     from keys.settings import KeySettings  # noqa: PLC0415
 
+    if (export is None) == (broker_url is None):
+        raise _fail("give either --export FILE or --broker-url URL", code=2)
+    passphrase = KeySettings.from_env().passphrase()
     try:
         stored = read_private_key(
-            pseudonym_key,
-            passphrase=KeySettings.from_env().passphrase(),
-            allow_insecure=allow_insecure_keys,
+            pseudonym_key, passphrase=passphrase, allow_insecure=allow_insecure_keys
         )
         child = pseudonym_from_text(
             personnummer, PseudonymKey(stored.secret), today=datetime.now(STOCKHOLM).date()
@@ -179,15 +195,58 @@ def extract_command(
         raise _fail(f"not a valid personnummer: {exc}") from exc
     except KeysError as exc:
         raise _fail(str(exc)) from exc
-    console = Console()
-    found = 0
-    for index, entry in _entries(export):
-        if entry.get("child") == child:
-            found += 1
-            console.print(
-                json.dumps({"index": index, "entry": entry}, ensure_ascii=False), markup=False
-            )
-    Console(stderr=True).print(f"{found} entries about this child", markup=False)
+    if export is not None:
+        found = [(i, e) for i, e in _entries(export) if e.get("child") == child]
+    else:
+        if officer_dir is None or ca_cert is None:
+            raise _fail("--broker-url needs --officer-dir and --ca-cert", code=2)
+        found = _fetch_child(str(broker_url), child, officer_dir, ca_cert, passphrase)
+    for index, entry in found:
+        # Plain output: one JSON object per line, never wrapped to a terminal's width.
+        typer.echo(json.dumps({"index": index, "entry": entry}, ensure_ascii=False))
+    Console(stderr=True).print(f"{len(found)} entries about this child", markup=False)
+
+
+def _fetch_child(
+    base: str, child: str, officer_dir: Path, ca_cert: Path, passphrase: bytes | None
+) -> list[tuple[int, dict[str, Any]]]:
+    """Page through GET /v1/audit/entries?child=… with the officer's certificate."""
+    import asyncio  # noqa: PLC0415
+
+    import aiohttp  # noqa: PLC0415
+
+    from keys.ca import client_ssl_context  # noqa: PLC0415
+
+    context = client_ssl_context(
+        cert_file=officer_dir / "client.crt",
+        key_file=officer_dir / "client.key",
+        ca_file=ca_cert,
+        passphrase=passphrase,
+    )
+
+    async def fetch() -> list[tuple[int, dict[str, Any]]]:
+        found: list[tuple[int, dict[str, Any]]] = []
+        after: int | None = None
+        async with aiohttp.ClientSession() as session:
+            while True:
+                params = {"child": child, "limit": "500"}
+                if after is not None:
+                    params["after"] = str(after)
+                async with session.get(
+                    f"{base.rstrip('/')}/v1/audit/entries", params=params, ssl=context
+                ) as response:
+                    if response.status != 200:  # noqa: PLR2004 - HTTP OK
+                        raise _fail(f"the broker answered {response.status}")
+                    page = await response.json()
+                found += [(int(e["index"]), dict(e["entry"])) for e in page["entries"]]
+                after = page.get("next_after")
+                if after is None:
+                    return found
+
+    try:
+        return asyncio.run(fetch())
+    except aiohttp.ClientError as exc:
+        raise _fail(f"cannot reach the broker: {type(exc).__name__}") from exc
 
 
 @app.command("review", short_help="A sample for the systematic log review.")
@@ -202,7 +261,6 @@ def review_command(
     refusal and every consent revocation, oldest first, one line each."""
     if not 0 <= office_start < office_end <= 24:  # noqa: PLR2004 - hours of a day
         raise _fail("office hours must satisfy 0 <= start < end <= 24", code=2)
-    console = Console()
     counts = {"read outside office hours": 0, "refusal": 0, "consent revoked": 0}
     for index, entry in _entries(export):
         at = datetime.fromisoformat(str(entry["at"])).astimezone(STOCKHOLM)
@@ -220,10 +278,7 @@ def review_command(
         detail = {
             k: entry[k] for k in ("actor", "query", "reason", "sender", "message_id") if k in entry
         }
-        console.print(
-            f"{index}\t{at.isoformat()}\t{why}\t{json.dumps(detail, ensure_ascii=False)}",
-            markup=False,
-        )
+        typer.echo(f"{index}\t{at.isoformat()}\t{why}\t{json.dumps(detail, ensure_ascii=False)}")
     Console(stderr=True).print(
         "; ".join(f"{what}: {n}" for what, n in counts.items()), markup=False
     )
