@@ -16,6 +16,9 @@ from pathlib import Path
 
 import structlog
 
+from broker.audit.console import add_audit_console
+from broker.audit.http import add_audit_routes
+from broker.audit.log import AuditLog, origin_for
 from broker.batching import GroupCommitStore
 from broker.consent_http import add_consent_routes
 from broker.consents import ConsentBook, ConsentPolicy, ConsentRegistry
@@ -135,6 +138,13 @@ async def serve(
             with_consents=True,
         )
         add_consent_routes(app, registry)
+        audit = AuditLog(store.engine, signer=broker_key, origin=origin_for(directory.area))
+        add_audit_routes(app, audit, origin=audit.origin)
+        add_audit_console(app, audit, verifier=audit.verifier)
+        checkpoints = asyncio.create_task(
+            audit.checkpoints_forever(settings.checkpoint_interval_s, stop),
+            name="audit-checkpoints",
+        )
         runner = await serve_http(
             app, host=settings.http_host, port=settings.http_port, ssl_context=ssl_context
         )
@@ -144,6 +154,7 @@ async def serve(
             ready.set_result(Running(http_port=port))
         await stop.wait()
         _log.info("broker_stopping")
+        await checkpoints
     finally:
         await service.stop()
         if runner is not None:

@@ -122,3 +122,37 @@ async def test_a_client_without_a_certificate_is_refused(served: Served) -> None
         with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
             async with session.get(f"https://localhost:{served.port}/healthz", ssl=context) as r:
                 await r.read()
+
+
+async def test_the_audit_log_is_for_security_officers_only(served: Served) -> None:
+    """The officer gets a signed checkpoint; an adapter's certificate gets 403, and that is logged."""
+    layout = served.layout
+    officer = layout.officer_dir("sakerhet-lidingo")
+    school = layout.agency_dir("torsviks-skola")
+    contexts = {
+        name: client_ssl_context(
+            cert_file=folder / "client.crt",
+            key_file=folder / "client.key",
+            ca_file=layout.ca_cert,
+            passphrase=None,
+        )
+        for name, folder in (("officer", officer), ("school", school))
+    }
+    base = f"https://localhost:{served.port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/v1/audit/checkpoint?fresh=1", ssl=contexts["officer"]) as r:
+            assert r.status == 200
+            note = await r.text()
+        async with session.get(f"{base}/v1/audit/entries", ssl=contexts["school"]) as r:
+            assert r.status == 403
+        async with session.get(
+            f"{base}/v1/audit/entries?event=audit_read", ssl=contexts["officer"]
+        ) as r:
+            assert r.status == 200
+            reads = (await r.json())["entries"]
+    assert note.startswith("backa.audit/lidingo-demo\n")
+    refused = [e["entry"] for e in reads if e["entry"]["query"].startswith("refused")]
+    assert len(refused) == 1
+    assert refused[0]["query"] == "refused /v1/audit/entries"
+    served.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(served.process.wait(), timeout=30) == 0
