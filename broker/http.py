@@ -346,13 +346,14 @@ def create_app(
     clock: Callable[[], datetime],
     readiness_timeout: float = 2.0,
     with_consents: bool = False,
+    with_audit: bool = False,
 ) -> web.Application:
     """The broker's HTTP application; serve it only with :func:`serve_http`.
 
     ``directory`` returns the current verified directory on each call, so a
     reloaded one is served at once; ``readiness`` names the probes GET /readyz
-    runs, each under ``readiness_timeout`` seconds. ``with_consents`` documents
-    the consent registry's routes, which ``broker.consent_http`` mounts.
+    runs, each under ``readiness_timeout`` seconds. ``with_consents`` and ``with_audit``
+    document the routes ``broker.consent_http`` and ``broker.audit.http`` mount.
     """
     names = [name for name, _ in readiness]
     if len(set(names)) != len(names):
@@ -366,7 +367,9 @@ def create_app(
     app[READINESS_TIMEOUT] = readiness_timeout
     app[METRICS] = metrics
     app[CLOCK] = clock
-    app[_OPENAPI] = json.dumps(build_openapi(consents=with_consents)).encode("utf-8")
+    app[_OPENAPI] = json.dumps(build_openapi(consents=with_consents, audit=with_audit)).encode(
+        "utf-8"
+    )
     app.router.add_get(PATH_DIRECTORY, _directory)
     app.router.add_get(PATH_TIMELINE, _timeline)
     app.router.add_get(PATH_HEALTH, _health)

@@ -136,6 +136,7 @@ async def serve(
             metrics=service.metrics,
             clock=utc_now,
             with_consents=True,
+            with_audit=True,
         )
         add_consent_routes(app, registry)
         audit = AuditLog(store.engine, signer=broker_key, origin=origin_for(directory.area))

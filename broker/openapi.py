@@ -21,6 +21,7 @@ from pydantic.json_schema import models_json_schema
 
 from broker.records import MessageRecord, Outcome, StatusEvent
 from broker.status import RecipientState
+from schemas.audit import AuditEntry
 from schemas.common import MessageId
 from schemas.consent import ConsentRecord, SignedConsent, SignedRevocation
 from schemas.directory import DirectoryBundle
@@ -206,6 +207,13 @@ class ConsentRefusedResponse(_Out):
     error: ConsentRefusedDetail
 
 
+PATH_AUDIT_ENTRIES: Final = "/v1/audit/entries"
+PATH_AUDIT_ENTRY: Final = "/v1/audit/entries/{index}"
+PATH_AUDIT_INCLUSION: Final = "/v1/audit/proofs/inclusion"
+PATH_AUDIT_CONSISTENCY: Final = "/v1/audit/proofs/consistency"
+PATH_AUDIT_CHECKPOINT: Final = "/v1/audit/checkpoint"
+PATH_AUDIT_EXPORT: Final = "/v1/audit/export"
+
 PATH_CONSENTS: Final = "/v1/consents"
 PATH_REVOKE: Final = "/v1/consents/{consent_id}/revoke"
 
@@ -349,9 +357,9 @@ def _consent_paths(ref: Callable[[type[BaseModel]], str]) -> dict[str, Any]:
     return {PATH_CONSENTS: {"get": listing, "post": register}, PATH_REVOKE: {"post": revoke}}
 
 
-def build_openapi(*, consents: bool = False) -> dict[str, Any]:
-    """The OpenAPI 3.1.0 document of the broker's HTTP API (with the consent registry's routes)."""
-    models = [*_MODELS, *(_CONSENT_MODELS if consents else ())]
+def build_openapi(*, consents: bool = False, audit: bool = False) -> dict[str, Any]:
+    """The OpenAPI 3.1.0 document of the broker's HTTP API (with the consent and audit routes)."""
+    models = [*_MODELS, *(_CONSENT_MODELS if consents else ()), *((AuditEntry,) if audit else ())]
     refs, schema = models_json_schema([(m, "serialization") for m in models], ref_template=_REF)
     components = dict(sorted(schema.get("$defs", {}).items()))
 
@@ -423,6 +431,7 @@ def build_openapi(*, consents: bool = False) -> dict[str, Any]:
             )
         },
         **(_consent_paths(ref) if consents else {}),
+        **(_audit_paths(ref(AuditEntry)) if audit else {}),
         PATH_OPENAPI: {
             "get": _operation(
                 "getOpenApi",
@@ -456,6 +465,11 @@ def build_openapi(*, consents: bool = False) -> dict[str, Any]:
             {"name": "directory", "description": "The area's signed directory."},
             {"name": "messages", "description": "Message status."},
             *([{"name": "consents", "description": "The consent registry."}] if consents else []),
+            *(
+                [{"name": "audit", "description": "The audit log; security officers only."}]
+                if audit
+                else []
+            ),
             {"name": "operations", "description": "Health, readiness, metrics, this document."},
         ],
         "paths": paths,
@@ -471,4 +485,201 @@ def build_openapi(*, consents: bool = False) -> dict[str, Any]:
                 }
             },
         },
+    }
+
+
+_HEX32: Final = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_INDEX: Final = {"type": "integer", "minimum": 0}
+
+
+def _query(
+    name: str, description: str, schema: dict[str, Any], *, required: bool
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": sorted(properties), "properties": properties}
+
+
+def _inline(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _audit_paths(entry_ref: str) -> dict[str, Any]:
+    """The security officer's routes (broker.audit.http); the console is HTML and not here."""
+    refused = {"403": "Not a security officer's certificate; the attempt is itself logged."}
+    logged = {"$ref": entry_ref}
+    entry_out = _object({"index": _INDEX, "leaf_hash": _HEX32, "entry": logged})
+    inclusion_out = {
+        "type": ["object", "null"],
+        "description": "Null when the entry is newer than the latest checkpoint.",
+        "properties": {
+            "origin": {"type": "string"},
+            "size": _INDEX,
+            "root": _HEX32,
+            "proof": {"type": "array", "items": _HEX32},
+            "checkpoint": {"type": "string", "description": "The signed note."},
+        },
+    }
+    search = _operation(
+        "searchAudit",
+        "Search the audit log",
+        "Entries matching every given filter, oldest first, paged with after. The "
+        "search itself is logged (officer and query).",
+        _inline(
+            _object(
+                {
+                    "entries": {"type": "array", "items": entry_out},
+                    "next_after": {"type": ["integer", "null"]},
+                    "log_size": _INDEX,
+                }
+            ),
+            "One page of entries.",
+        ),
+        {"400": "A parameter is malformed, unknown or repeated.", **refused},
+        tag="audit",
+        parameters=[
+            _query("child", "A child's pseudonym.", _HEX32, required=False),
+            _query("agency", "The sender or a recipient.", {"type": "string"}, required=False),
+            _query("kind", "A message kind.", {"type": "string"}, required=False),
+            _query(
+                "event",
+                "What happened (accepted, rejected, …).",
+                {"type": "string"},
+                required=False,
+            ),
+            _query(
+                "since",
+                "Inclusive, with a UTC offset.",
+                {"type": "string", "format": "date-time"},
+                required=False,
+            ),
+            _query(
+                "until",
+                "Exclusive, with a UTC offset.",
+                {"type": "string", "format": "date-time"},
+                required=False,
+            ),
+            _query("after", "Continue after this index.", _INDEX, required=False),
+            _query(
+                "limit",
+                "At most this many (1 to 500).",
+                {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
+                required=False,
+            ),
+        ],
+    )
+    one = _operation(
+        "getAuditEntry",
+        "One audit entry",
+        "The entry at an index, with its inclusion proof in the latest checkpoint if asked.",
+        _inline(
+            {**entry_out, "properties": {**entry_out["properties"], "inclusion": inclusion_out}},
+            "The entry.",
+        ),
+        {"400": "A parameter is malformed.", "404": "No entry at that index.", **refused},
+        tag="audit",
+        parameters=[
+            {
+                "name": "index",
+                "in": "path",
+                "required": True,
+                "description": "The entry's index.",
+                "schema": _INDEX,
+            },
+            _query("proof", "1 to add the inclusion proof.", {"enum": ["0", "1"]}, required=False),
+        ],
+    )
+    inclusion = _operation(
+        "getInclusionProof",
+        "Inclusion proof (RFC 9162 §2.1.3)",
+        "Verify with broker.audit.verify_inclusion against a signed checkpoint's root.",
+        _inline(
+            _object(
+                {
+                    "origin": {"type": "string"},
+                    "index": _INDEX,
+                    "size": _INDEX,
+                    "leaf_hash": _HEX32,
+                    "proof": {"type": "array", "items": _HEX32},
+                }
+            ),
+            "The proof.",
+        ),
+        {"400": "index must be below size.", "404": "size is beyond the log.", **refused},
+        tag="audit",
+        parameters=[
+            _query("index", "The entry.", _INDEX, required=True),
+            _query("size", "The tree size.", _INDEX, required=True),
+        ],
+    )
+    consistency = _operation(
+        "getConsistencyProof",
+        "Consistency proof (RFC 9162 §2.1.4)",
+        "Verify with broker.audit.verify_consistency between two signed checkpoints.",
+        _inline(
+            _object(
+                {
+                    "origin": {"type": "string"},
+                    "size1": _INDEX,
+                    "size2": _INDEX,
+                    "proof": {"type": "array", "items": _HEX32},
+                }
+            ),
+            "The proof.",
+        ),
+        {"400": "size1 must not exceed size2.", "404": "size2 is beyond the log.", **refused},
+        tag="audit",
+        parameters=[
+            _query("size1", "The older size.", _INDEX, required=True),
+            _query("size2", "The newer size.", _INDEX, required=True),
+        ],
+    )
+    checkpoint = _operation(
+        "getAuditCheckpoint",
+        "The latest signed checkpoint",
+        "A C2SP signed note (tlog-checkpoint) by the broker key; fresh=1 signs one of the "
+        "current size first. docs/AUDIT.md.",
+        {
+            "description": "The signed note.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        {"400": "A parameter is malformed.", **refused},
+        tag="audit",
+        parameters=[
+            _query(
+                "fresh", "1 to sign a new checkpoint first.", {"enum": ["0", "1"]}, required=False
+            )
+        ],
+    )
+    export = _operation(
+        "exportAudit",
+        "Export a range",
+        "Entries [start, end) as JSON lines: index, the tree's leaf hash and the entry "
+        "(docs/AUDIT.md); check offline with backa audit verify.",
+        {
+            "description": "One JSON object per line.",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        },
+        {"400": "The range is malformed.", "404": "end is beyond the log.", **refused},
+        tag="audit",
+        parameters=[
+            _query("start", "The first index.", _INDEX, required=True),
+            _query("end", "One past the last index.", _INDEX, required=True),
+        ],
+    )
+    return {
+        PATH_AUDIT_ENTRIES: {"get": search},
+        PATH_AUDIT_ENTRY: {"get": one},
+        PATH_AUDIT_INCLUSION: {"get": inclusion},
+        PATH_AUDIT_CONSISTENCY: {"get": consistency},
+        PATH_AUDIT_CHECKPOINT: {"get": checkpoint},
+        PATH_AUDIT_EXPORT: {"get": export},
     }

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -24,6 +24,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from structlog.testing import capture_logs
 
+from broker.audit.http import add_audit_routes
+from broker.audit.ports import AuditReader
 from broker.errors import Unavailable
 from broker.http import create_app, serve_http
 from broker.metrics import Metrics
@@ -746,6 +748,33 @@ async def test_openapi_document_is_3_1_and_self_contained(running: Running) -> N
         "/metrics",
         "/openapi.json",
     }
+
+
+def test_openapi_documents_every_audit_route(pki: Pki) -> None:
+    """With the audit routes mounted, served and documented routes are the same set, refs resolve."""
+    app = create_app(
+        store=MemoryStore(),
+        directory=pki.bundle,
+        readiness=[],
+        metrics=Metrics(),
+        clock=lambda: CLOCK_NOW,
+        with_audit=True,
+    )
+    add_audit_routes(app, cast("AuditReader", object()), origin="backa.audit/test")
+    served = {
+        (route.method.lower(), route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
+    documented = {
+        (method, path)
+        for path, operations in build_openapi(audit=True)["paths"].items()
+        for method in operations
+    }
+    assert served == documented
+    document = build_openapi(consents=True, audit=True)
+    for ref in _refs(document):
+        _resolve(document, ref)  # every $ref of the full document resolves inside it
 
 
 def test_openapi_paths_match_the_app_routes(pki: Pki) -> None:

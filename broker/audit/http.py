@@ -48,6 +48,14 @@ from broker.audit.ports import (
 )
 from broker.errors import BadRequest, Forbidden, InternalError, NotFound
 from broker.http import PEER
+from broker.openapi import (
+    PATH_AUDIT_CHECKPOINT,
+    PATH_AUDIT_CONSISTENCY,
+    PATH_AUDIT_ENTRIES,
+    PATH_AUDIT_ENTRY,
+    PATH_AUDIT_EXPORT,
+    PATH_AUDIT_INCLUSION,
+)
 from keys.ca import PeerIdentity, Role
 from schemas.audit import AuditEvent
 from schemas.envelope import Kind
@@ -67,12 +75,6 @@ __all__ = [
 
 _log = structlog.get_logger("broker.audit.http")
 
-PATH_AUDIT_ENTRIES: Final = "/v1/audit/entries"
-PATH_AUDIT_ENTRY: Final = "/v1/audit/entries/{index}"
-PATH_AUDIT_INCLUSION: Final = "/v1/audit/proofs/inclusion"
-PATH_AUDIT_CONSISTENCY: Final = "/v1/audit/proofs/consistency"
-PATH_AUDIT_CHECKPOINT: Final = "/v1/audit/checkpoint"
-PATH_AUDIT_EXPORT: Final = "/v1/audit/export"
 
 #: Entries a search returns when ``limit`` is not given.
 DEFAULT_PAGE: Final = 100
