@@ -35,7 +35,7 @@ from keys.pseudonym import PseudonymKey, child_pseudonym
 from keys.signed import InvalidSignedPayload, sign_receipt, verify_consent, verify_revocation
 from schemas.consent import SignedConsent, SignedRevocation
 from schemas.content import ChildIdentity, parse_content
-from schemas.envelope import ProtectedHeader
+from schemas.envelope import Kind, ProtectedHeader
 from schemas.policy import PolicyFile
 from schemas.reasons import RECIPIENT_REJECT_REASONS, ReasonCode
 from schemas.receipts import Answer, DeclineReason, Receipt, ReceiptStatus, SignedReceipt
@@ -78,6 +78,9 @@ def check_content(
     except ValueError:  # pydantic's ValidationError is a ValueError
         raise Refused(ReasonCode.SCHEMA_INVALID, "content does not fit its kind") from None
     child = getattr(model, "child", None)
+    if isinstance(child, str) and child != header.child:
+        # An escalation names the child by pseudonym: it must be the header's.
+        raise Refused(ReasonCode.CONSENT_CHILD_MISMATCH, "content child is not the header child")
     if not isinstance(child, ChildIdentity):
         return Checked(content=model, facts=None)
     try:
@@ -107,6 +110,13 @@ def check_before_handover(
     after it) and the child's facts, so the deferred conditions are checked.
     A condition that needs facts this content cannot give fails closed.
     """
+    if header.kind is Kind.ESCALATION:
+        # The broker's own notice about a late matter: metadata it already holds,
+        # not sharing between agencies, so no consent or legal basis applies.
+        # Only the broker may send one; an expired one is still worth showing.
+        if header.sender.agency != directory.broker_agency():
+            raise Refused(ReasonCode.SCHEMA_INVALID, "an escalation from someone not the broker")
+        return
     if now >= header.expires:
         raise Refused(ReasonCode.EXPIRED, "past expires before hand-over")
     decision = decide(

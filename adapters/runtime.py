@@ -81,7 +81,7 @@ from keys.policy import ChildFacts, ConsentState
 from keys.pseudonym import PseudonymKey, child_pseudonym
 from keys.signed import InvalidSignedPayload, verify_receipt
 from schemas.common import b64url_decode
-from schemas.content import parse_content
+from schemas.content import TeamInvitation, parse_content
 from schemas.envelope import Kind, ProtectedHeader
 from schemas.policy import PolicyFile
 from schemas.reasons import ReasonCode
@@ -295,7 +295,7 @@ class AdapterRuntime:
                 recipients.append(key)
         if problems:
             raise InvalidSubmission(problems)
-        expires = submission.expires or now + self.message_ttl
+        expires = submission.expires or _default_expiry(submission, now, self.message_ttl)
         if expires <= now:
             raise InvalidSubmission([FieldProblem("expires", "must be in the future")])
         sealed = seal(
@@ -825,6 +825,18 @@ class AdapterRuntime:
     async def list_sent(self) -> list[SentTimeline]:
         """Every message this agency sent, newest first, with its timeline."""
         return [await self.timeline(r.message_id) for r in await self.store.sent_messages()]
+
+
+def _default_expiry(submission: Submission, now: datetime, ttl: timedelta) -> datetime:
+    """When a message stops mattering, unless the submission says.
+
+    A team invitation matters until its meeting: the broker cannot read the
+    meeting time (it is encrypted), so the header's ``expires`` carries it and
+    the broker's deadline "not answered before the meeting" can be computed.
+    """
+    if isinstance(submission.content, TeamInvitation) and submission.content.meeting_at > now:
+        return submission.content.meeting_at
+    return now + ttl
 
 
 def _receipt_row(signed: SignedReceipt) -> tuple[str, bytes, str]:

@@ -41,11 +41,13 @@ from tests.support import T0, Agency, signed_directory
 SCHOOL = Agency.make("core-skola")
 SOCIAL = Agency.make("core-soc")
 VC = Agency.make("core-vc")
+BROKER = Agency.make("core-broker")
 DIRECTORY = signed_directory(
     [
         (SCHOOL, AgencyType.SCHOOL),
         (SOCIAL, AgencyType.SOCIAL_SERVICES),
         (VC, AgencyType.PRIMARY_CARE),
+        (BROKER, AgencyType.BROKER),
     ],
     at=T0 - timedelta(days=30),
 )
@@ -407,3 +409,62 @@ def test_a_bad_notice_is_refused(body: bytes) -> None:
     """A notice whose signed parts do not verify changes nothing."""
     with pytest.raises(ValueError, match=r"."):
         verify_notice(body, directory=DIRECTORY, now=T0 + timedelta(hours=2))
+
+
+def _notice(child: str) -> bytes:
+    return json.dumps(
+        {
+            "matter": "019abb2a-6a51-7000-8000-000000000001",
+            "rule": "referral.not-answered",
+            "overdue": "answer",
+            "since": T0.isoformat(),
+            "child": child,
+        }
+    ).encode()
+
+
+def _escalation(sender: Agency, *, content_child: str, header_child: str) -> Sealed:
+    return seal(
+        _notice(content_child),
+        sender=sender.sender,
+        recipients=[SOCIAL.sealing],
+        kind=Kind.ESCALATION,
+        child=header_child,
+        basis=LegalBasis(type="legal", ref="backa-escalation"),
+        purpose=Purpose.COORDINATION,
+        created=T0,
+        expires=T0 + timedelta(days=1),
+    )
+
+
+@pytest.mark.parametrize(
+    ("sender", "content_child", "reason"),
+    [
+        pytest.param(BROKER, "ab" * 32, None, id="from-the-broker"),
+        pytest.param(SCHOOL, "ab" * 32, ReasonCode.SCHEMA_INVALID, id="an-agency-cannot-escalate"),
+        pytest.param(
+            BROKER, "cd" * 32, ReasonCode.CONSENT_CHILD_MISMATCH, id="about-another-child"
+        ),
+    ],
+)
+def test_an_escalation_is_handed_over_only_from_the_broker(
+    sender: Agency, content_child: str, reason: ReasonCode | None
+) -> None:
+    """The broker's notice needs no basis (metadata it holds); anyone else's is refused."""
+    sealed = _escalation(sender, content_child=content_child, header_child="ab" * 32)
+    refusal = None
+    try:
+        checked = check_content(
+            sealed.header, _notice(content_child), pseudonym_key=KEY, today=T0.date()
+        )
+        check_before_handover(
+            sealed.header,
+            checked.facts,
+            directory=DIRECTORY,
+            consents={},
+            policy=POLICY,
+            now=T0 + timedelta(days=3),  # even past expires: a late notice is still shown
+        )
+    except Refused as exc:
+        refusal = exc.reason
+    assert refusal is reason
