@@ -411,7 +411,7 @@ def test_a_bad_notice_is_refused(body: bytes) -> None:
         verify_notice(body, directory=DIRECTORY, now=T0 + timedelta(hours=2))
 
 
-def _notice(child: str) -> bytes:
+def _escalation_notice(child: str) -> bytes:
     return json.dumps(
         {
             "matter": "019abb2a-6a51-7000-8000-000000000001",
@@ -425,7 +425,7 @@ def _notice(child: str) -> bytes:
 
 def _escalation(sender: Agency, *, content_child: str, header_child: str) -> Sealed:
     return seal(
-        _notice(content_child),
+        _escalation_notice(content_child),
         sender=sender.sender,
         recipients=[SOCIAL.sealing],
         kind=Kind.ESCALATION,
@@ -455,7 +455,7 @@ def test_an_escalation_is_handed_over_only_from_the_broker(
     refusal = None
     try:
         checked = check_content(
-            sealed.header, _notice(content_child), pseudonym_key=KEY, today=T0.date()
+            sealed.header, _escalation_notice(content_child), pseudonym_key=KEY, today=T0.date()
         )
         check_before_handover(
             sealed.header,
