@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -56,20 +56,27 @@ from broker.records import MessageRecord, Outcome, Recorded, StatusEvent
 from schemas.audit import AuditEntry
 
 __all__ = [
+    "AUDIT_CHECKPOINTS",
     "AUDIT_ENTRIES",
+    "AUDIT_LOCK_KEY",
+    "AUDIT_NODES",
+    "AUDIT_PARTIES",
     "CONSENTS",
     "DEADLINES",
     "DIRECTORY_ENTRIES",
     "MESSAGES",
+    "MESSAGE_LEVEL",
     "MESSAGE_RECIPIENTS",
     "METADATA",
     "MIGRATION_LOCK_KEY",
     "STATUS_EVENTS",
     "ConsentRow",
+    "DeadlineRow",
     "DirectoryRow",
     "SqlStore",
     "StoreUnavailable",
     "UtcDateTime",
+    "append_audit",
     "build_engine",
     "create_store",
     "migrate",
@@ -357,6 +364,34 @@ class ConsentRow(NamedTuple):
     revoked_at: datetime | None = None
     revocation_payload: str | None = None
     revocation_signature: str | None = None
+
+
+#: The ``agency`` of a deadline about the whole message (declined by every recipient):
+#: a value, not NULL, so the unique key de-duplicates it across broker instances too.
+MESSAGE_LEVEL: Final = "*"
+
+
+class _EscalationFailed(Exception):  # noqa: N818 - a carrier, never seen outside this module
+    """Carries the escalation callback's own error past ``_boundary``'s translation."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class DeadlineRow(NamedTuple):
+    """One open deadline that is due, with the message facts an escalation names."""
+
+    id: int
+    message_id: str
+    rule: str
+    agency: str | None  # the recipient it is about, or None for the whole message
+    due_at: datetime
+    attempts: int
+    kind: str
+    sender: str
+    child: str
+    recipients: tuple[str, ...]
 
 
 # A constraint or query fault is a bug to fix, not an outage to wait out.
@@ -1015,6 +1050,193 @@ class SqlStore:
                     .first()
                 )
         return None if row is None else ConsentRow(**row)
+
+    # --- deadlines (broker.watchdog) ------------------------------------------------------
+
+    async def open_deadlines(self, items: Sequence[tuple[str, str, str | None, datetime]]) -> int:
+        """Open deadlines ``(message id, rule, agency or None, due at)``; an open one stays.
+
+        Returns how many were new. The unique key makes this safe to repeat and
+        safe across broker instances (a redelivered message opens nothing twice).
+        """
+        if not items:
+            return 0
+        rows = [
+            {
+                "message_id": message_id,
+                "rule": rule,
+                "agency": agency if agency is not None else MESSAGE_LEVEL,
+                "due_at": due_at,
+                "state": "open",
+                "attempts": 0,
+            }
+            for message_id, rule, agency, due_at in items
+        ]
+        with _boundary(self._url):
+            async with self._engine.begin() as conn:
+                written = 0
+                for row in rows:
+                    inserted = (
+                        await conn.execute(
+                            self._insert(DEADLINES)
+                            .values(row)
+                            .on_conflict_do_nothing(
+                                index_elements=[
+                                    DEADLINES.c.message_id,
+                                    DEADLINES.c.rule,
+                                    DEADLINES.c.agency,
+                                ]
+                            )
+                            .returning(DEADLINES.c.id)
+                        )
+                    ).first()
+                    written += inserted is not None
+        return written
+
+    async def close_deadlines(
+        self, message_id: str, rules: Sequence[str], agency: str | None, at: datetime
+    ) -> int:
+        """Close the open deadlines of ``rules`` for this message (and recipient); how many."""
+        if not rules:
+            return 0
+        with _boundary(self._url):
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    sa.update(DEADLINES)
+                    .where(
+                        DEADLINES.c.message_id == message_id,
+                        DEADLINES.c.rule.in_(list(rules)),
+                        DEADLINES.c.agency == (agency if agency is not None else MESSAGE_LEVEL),
+                        DEADLINES.c.state == "open",
+                    )
+                    .values(state="closed", closed_at=at)
+                )
+        return int(result.rowcount or 0)
+
+    async def escalate_due(
+        self,
+        now: datetime,
+        *,
+        instance: str,
+        escalate: Callable[[DeadlineRow], Awaitable[tuple[datetime, Sequence[AuditEntry]]]],
+        limit: int = 50,
+    ) -> int:
+        """Escalate each open deadline due at ``now``, once across every broker instance.
+
+        Each due row is locked (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so two
+        instances never take the same row; SQLite has one broker and one
+        writer) and ``escalate`` runs inside the row's transaction: it sends the
+        escalation and returns when the next one is due and the audit entries.
+        The row's next due time, attempt count and the audit entries commit
+        together; a crash before the commit leaves the row due, and the
+        escalation's deterministic message id lets the recipient drop the repeat.
+        """
+        try:
+            return await self._escalate_due(now, instance=instance, escalate=escalate, limit=limit)
+        except _EscalationFailed as failed:
+            # The sender's failure, not the database's: raise it as it was.
+            raise failed.cause from failed.cause.__cause__
+
+    async def _escalate_due(
+        self,
+        now: datetime,
+        *,
+        instance: str,
+        escalate: Callable[[DeadlineRow], Awaitable[tuple[datetime, Sequence[AuditEntry]]]],
+        limit: int,
+    ) -> int:
+        done = 0
+        while done < limit:
+            with _boundary(self._url):
+                async with self._engine.begin() as conn:
+                    query = (
+                        sa.select(DEADLINES, MESSAGES.c.kind, MESSAGES.c.sender, MESSAGES.c.child)
+                        .join(MESSAGES, MESSAGES.c.message_id == DEADLINES.c.message_id)
+                        .where(DEADLINES.c.state == "open", DEADLINES.c.due_at <= now)
+                        .order_by(DEADLINES.c.due_at, DEADLINES.c.id)
+                        .limit(1)
+                    )
+                    if conn.dialect.name == "postgresql":
+                        query = query.with_for_update(skip_locked=True, of=DEADLINES)
+                    row = (await conn.execute(query)).mappings().first()
+                    if row is None:
+                        return done
+                    recipients = (
+                        await conn.execute(
+                            sa.select(MESSAGE_RECIPIENTS.c.agency)
+                            .where(MESSAGE_RECIPIENTS.c.message_id == row["message_id"])
+                            .order_by(MESSAGE_RECIPIENTS.c.position)
+                        )
+                    ).scalars()
+                    due = DeadlineRow(
+                        id=int(row["id"]),
+                        message_id=row["message_id"],
+                        rule=row["rule"],
+                        agency=None if row["agency"] == MESSAGE_LEVEL else row["agency"],
+                        due_at=row["due_at"],
+                        attempts=int(row["attempts"]),
+                        kind=row["kind"],
+                        sender=row["sender"],
+                        child=row["child"],
+                        recipients=tuple(recipients),
+                    )
+                    try:
+                        next_due, entries = await escalate(due)
+                    except Exception as exc:  # carried past the store's boundary, below
+                        raise _EscalationFailed(exc) from exc
+                    await conn.execute(
+                        sa.update(DEADLINES)
+                        .where(DEADLINES.c.id == due.id)
+                        .values(
+                            due_at=next_due,
+                            attempts=due.attempts + 1,
+                            claimed_by=instance,
+                            claimed_at=now,
+                        )
+                    )
+                    await append_audit(conn, entries)
+            done += 1
+        return done
+
+    async def open_matters(self, *, agency: str | None = None) -> list[DeadlineRow]:
+        """Every open deadline (of matters ``agency`` sends or receives, if given), oldest first."""
+        query = (
+            sa.select(DEADLINES, MESSAGES.c.kind, MESSAGES.c.sender, MESSAGES.c.child)
+            .join(MESSAGES, MESSAGES.c.message_id == DEADLINES.c.message_id)
+            .where(DEADLINES.c.state == "open")
+            .order_by(DEADLINES.c.due_at, DEADLINES.c.id)
+        )
+        with _boundary(self._url):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(query)).mappings().all()
+                result = []
+                for row in rows:
+                    recipients = tuple(
+                        (
+                            await conn.execute(
+                                sa.select(MESSAGE_RECIPIENTS.c.agency)
+                                .where(MESSAGE_RECIPIENTS.c.message_id == row["message_id"])
+                                .order_by(MESSAGE_RECIPIENTS.c.position)
+                            )
+                        ).scalars()
+                    )
+                    if agency is not None and agency != row["sender"] and agency not in recipients:
+                        continue
+                    result.append(
+                        DeadlineRow(
+                            id=int(row["id"]),
+                            message_id=row["message_id"],
+                            rule=row["rule"],
+                            agency=None if row["agency"] == MESSAGE_LEVEL else row["agency"],
+                            due_at=row["due_at"],
+                            attempts=int(row["attempts"]),
+                            kind=row["kind"],
+                            sender=row["sender"],
+                            child=row["child"],
+                            recipients=recipients,
+                        )
+                    )
+        return result
 
     async def consents(self, *, child: str | None = None) -> list[ConsentRow]:
         """Every stored consent (of one child, if given), oldest registration first."""
