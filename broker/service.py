@@ -32,6 +32,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
+from typing import Protocol
 
 import aio_pika
 import aiormq
@@ -91,6 +92,18 @@ class Action(Enum):
     ABANDON = "abandon"  # the channel is gone: RabbitMQ will deliver it again
 
 
+class DeadlineHooks(Protocol):
+    """What the service tells the watchdog (``broker.watchdog.Watchdog``)."""
+
+    async def on_accepted(self, record: MessageRecord) -> None:
+        """A message was accepted."""
+        ...
+
+    async def on_receipt(self, record: MessageRecord, event: StatusEvent) -> None:
+        """A recipient's receipt was recorded."""
+        ...
+
+
 def utc_now() -> datetime:
     """The wall clock, timezone-aware (the default clock of the service)."""
     return datetime.now(UTC)
@@ -119,6 +132,8 @@ class BrokerService:
     _inflight: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     _stopping: bool = field(default=False, init=False)
     _depth_task: asyncio.Task[None] | None = field(default=None, init=False)
+    #: Opens and closes deadlines from what is recorded (broker.watchdog), if watching.
+    watchdog: DeadlineHooks | None = None
     #: Called with each notice on the control exchange (consent changes from any instance).
     on_control: Callable[[bytes], Awaitable[None]] | None = None
 
@@ -318,6 +333,8 @@ class BrokerService:
                 ),
             )
             return header.kind.value, "rejected", {**summary_extra, "redelivered": True}
+        if self.watchdog is not None:
+            await self.watchdog.on_accepted(stored)  # idempotent: opens each deadline once
         if stored.routed_at is None:
             await asyncio.gather(
                 *(self._publish_envelope(route, agency) for agency in stored.recipients)
@@ -441,25 +458,23 @@ class BrokerService:
             )
             return await self._reject(reject, now)
         assert stored is not None  # noqa: S101 - narrowed by the checks above
-        await self.store.append_events(
-            [
-                StatusEvent(
-                    message_id=receipt.receipt_for,
-                    agency=receipt.by.agency,
-                    status=receipt.status.value,
-                    at=receipt.at,
-                    recorded_at=now,
-                    signer=receipt.by.agency,
-                    receipt_id=receipt.id,
-                    reason=receipt.reason.value if receipt.reason else None,
-                    answer=receipt.answer.value if receipt.answer else None,
-                    decline_reason=(
-                        receipt.decline_reason.value if receipt.decline_reason else None
-                    ),
-                    staff_id=receipt.staff_id,
-                )
-            ]
+        event = StatusEvent(
+            message_id=receipt.receipt_for,
+            agency=receipt.by.agency,
+            status=receipt.status.value,
+            at=receipt.at,
+            recorded_at=now,
+            signer=receipt.by.agency,
+            receipt_id=receipt.id,
+            reason=receipt.reason.value if receipt.reason else None,
+            answer=receipt.answer.value if receipt.answer else None,
+            decline_reason=(receipt.decline_reason.value if receipt.decline_reason else None),
+            staff_id=receipt.staff_id,
         )
+        await self.store.append_events([event])
+        if self.watchdog is not None:
+            # Idempotent (deadlines open once, close once): also right on a redelivery.
+            await self.watchdog.on_receipt(stored, event)
         # Relayed unchanged, signature and all: the sender verifies the recipient itself.
         await self._publish(
             stored.sender, relay.body, message_type=TYPE_RECEIPT, message_id=receipt.id

@@ -1198,6 +1198,40 @@ class SqlStore:
             done += 1
         return done
 
+    async def team_of(self, child: str) -> tuple[list[str], list[str]]:
+        """Who coordinates around ``child``, by pseudonym only, from accepted team invitations.
+
+        Returns (agencies that accepted a team invitation about the child, newest
+        first; agencies that sent one, newest first): the broker's knowledge of
+        Barnets team, from signed receipts and signed headers it already holds.
+        """
+        invitations = (
+            sa.select(MESSAGES.c.message_id, MESSAGES.c.sender, MESSAGES.c.received_at)
+            .where(
+                MESSAGES.c.child == child,
+                MESSAGES.c.kind == "team_invitation",
+                MESSAGES.c.outcome == Outcome.ACCEPTED.value,
+            )
+            .order_by(MESSAGES.c.received_at.desc())
+        )
+        with _boundary(self._url):
+            async with self._engine.connect() as conn:
+                sent = (await conn.execute(invitations)).all()
+                accepted = (
+                    await conn.execute(
+                        sa.select(STATUS_EVENTS.c.agency)
+                        .where(
+                            STATUS_EVENTS.c.message_id.in_([row.message_id for row in sent]),
+                            STATUS_EVENTS.c.status == "answered",
+                            STATUS_EVENTS.c.answer == "accepted",
+                        )
+                        .order_by(STATUS_EVENTS.c.at.desc())
+                    )
+                ).scalars()
+                members = list(dict.fromkeys(a for a in accepted if a is not None))
+        inviters = list(dict.fromkeys(row.sender for row in sent))
+        return members, inviters
+
     async def open_matters(self, *, agency: str | None = None) -> list[DeadlineRow]:
         """Every open deadline (of matters ``agency`` sends or receives, if given), oldest first."""
         query = (

@@ -29,6 +29,7 @@ __all__ = [
     "consent_entry",
     "decision_entry",
     "directory_entry",
+    "escalation_entry",
     "parse_canonical",
     "read_entry",
     "receipt_entry",
@@ -184,6 +185,29 @@ def consent_entry(
             "basis": {"type": "consent", "consent_id": consent_id},
             "actor": staff_id,
             "digest": digest,
+        }
+    )
+
+
+def escalation_entry(
+    *,
+    message_id: str,
+    rule: str,
+    kind: str,
+    child: str,
+    recipients: Sequence[str],
+    at: datetime,
+) -> AuditEntry:
+    """The watchdog escalated a late matter under ``rule`` to ``recipients``."""
+    return _build(
+        {
+            "at": at.isoformat(),
+            "event": AuditEvent.ESCALATION.value,
+            "message_id": message_id,
+            "kind": kind,
+            "recipients": list(recipients),
+            "child": child,
+            "rule": rule,
         }
     )
 
