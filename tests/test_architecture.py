@@ -41,6 +41,7 @@ PURE = [
     "broker/status.py",
     "broker/records.py",
     "broker/receipts.py",
+    "broker/deadlines.py",
     "broker/audit/merkle.py",
     "broker/audit/note.py",
     "broker/audit/entry.py",
