@@ -10,11 +10,14 @@ grace period), closes the HTTP server and exits 0.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from aiohttp import web
 
 from broker.audit.console import add_audit_console
 from broker.audit.http import add_audit_routes
@@ -22,11 +25,18 @@ from broker.audit.log import AuditLog, origin_for
 from broker.batching import GroupCommitStore
 from broker.consent_http import add_consent_routes
 from broker.consents import ConsentBook, ConsentPolicy, ConsentRegistry
+from broker.deadlines import (
+    DeadlineRules,
+    DeadlineRulesError,
+    WorkingCalendar,
+    load_deadline_rules,
+)
 from broker.http import create_app, serve_http
 from broker.metrics import Metrics
 from broker.service import BrokerService, utc_now
 from broker.settings import BrokerSettings
-from broker.store import create_store, migrate
+from broker.store import SqlStore, create_store, migrate
+from broker.watchdog import Watchdog
 from keys.ca import server_ssl_context
 from keys.directory import Directory
 from keys.envelope import SenderKey
@@ -75,6 +85,7 @@ async def serve(
 ) -> None:
     """Run the broker until ``stop`` is set or SIGTERM/SIGINT arrives."""
     directory, broker_key, policy = _load(settings, passphrase, allow_insecure_keys)
+    deadline_rules = _load_deadlines(settings)
     layout = AreaLayout(settings.area_dir)
     ssl_context = server_ssl_context(
         cert_file=layout.broker_dir / "tls.crt",
@@ -128,7 +139,17 @@ async def serve(
             await registry.apply_notice(body, now=utc_now())
 
         service.on_control = apply_notice
+        watchdog = _watchdog(
+            settings,
+            store=store,
+            directory=directory,
+            broker_key=broker_key,
+            rules=deadline_rules,
+            service=service,
+        )
+        service.watchdog = watchdog
         await service.start()
+        watching = asyncio.create_task(watchdog.run(stop), name="watchdog")
         app = create_app(
             store=store,
             directory=lambda: directory,
@@ -139,9 +160,7 @@ async def serve(
             with_audit=True,
         )
         add_consent_routes(app, registry)
-        audit = AuditLog(store.engine, signer=broker_key, origin=origin_for(directory.area))
-        add_audit_routes(app, audit, origin=audit.origin)
-        add_audit_console(app, audit, verifier=audit.verifier)
+        audit = _mount_audit(app, store, broker_key, directory)
         checkpoints = asyncio.create_task(
             audit.checkpoints_forever(settings.checkpoint_interval_s, stop),
             name="audit-checkpoints",
@@ -156,6 +175,7 @@ async def serve(
         await stop.wait()
         _log.info("broker_stopping")
         await checkpoints
+        await watching
     finally:
         await service.stop()
         if runner is not None:
@@ -163,6 +183,46 @@ async def serve(
         await store.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+def _load_deadlines(settings: BrokerSettings) -> DeadlineRules:
+    try:
+        return load_deadline_rules(settings.deadlines_file)
+    except DeadlineRulesError as exc:
+        raise StartupError(f"BACKA_DEADLINES_FILE: {exc}") from exc
+
+
+def _mount_audit(
+    app: web.Application, store: SqlStore, broker_key: SenderKey, directory: Directory
+) -> AuditLog:
+    """The audit log over the store, with the officer's routes and console on ``app``."""
+    audit = AuditLog(store.engine, signer=broker_key, origin=origin_for(directory.area))
+    add_audit_routes(app, audit, origin=audit.origin)
+    add_audit_console(app, audit, verifier=audit.verifier)
+    return audit
+
+
+def _watchdog(
+    settings: BrokerSettings,
+    *,
+    store: SqlStore,
+    directory: Directory,
+    broker_key: SenderKey,
+    rules: DeadlineRules,
+    service: BrokerService,
+) -> Watchdog:
+    return Watchdog(
+        store=store,
+        directory=directory,
+        broker_key=broker_key,
+        rules=rules,
+        calendar=WorkingCalendar(rules.calendar),
+        publish=service.publish_envelope,
+        clock=utc_now,
+        # Names the instance that escalated, in the deadline's row (claimed_by).
+        instance=f"{socket.gethostname()}-{os.getpid()}",
+        interval_s=settings.watchdog_interval_s,
+    )
 
 
 def _bound_port(runner: object, configured: int) -> int:

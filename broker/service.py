@@ -379,6 +379,10 @@ class BrokerService:
             reason=reason,
         )
 
+    async def publish_envelope(self, agency: str, body: bytes, message_id: str) -> None:
+        """Put an envelope the broker itself sealed (an escalation) in ``agency``'s queue."""
+        await self._publish(agency, body, message_type=TYPE_ENVELOPE, message_id=message_id)
+
     async def _publish_envelope(self, route: Route, agency: str) -> None:
         await self._publish(
             agency,

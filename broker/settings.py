@@ -35,6 +35,10 @@ class BrokerSettings(BaseSettings):
     prefetch: int = Field(default=64, ge=1, le=10_000)
     #: Seconds to finish in-flight messages after SIGTERM before giving up.
     shutdown_grace_s: float = Field(default=20.0, ge=0)
+    #: The deadline and escalation rules (deploy/policy/deadlines.toml explains each field).
+    deadlines_file: Path = Path("deploy/policy/deadlines.toml")
+    #: Seconds between the watchdog's looks for due deadlines.
+    watchdog_interval_s: float = Field(default=30.0, ge=0.1, le=3_600)
     #: Seconds between signed audit checkpoints (one is signed only when the log grew).
     checkpoint_interval_s: float = Field(default=60.0, ge=1, le=86_400)
 
