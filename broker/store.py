@@ -392,6 +392,9 @@ class DeadlineRow(NamedTuple):
     sender: str
     child: str
     recipients: tuple[str, ...]
+    #: The child's team as the broker knows it (``SqlStore.team_of``), read with the row.
+    members: tuple[str, ...] = ()
+    inviters: tuple[str, ...] = ()
 
 
 # A constraint or query fault is a bug to fix, not an outage to wait out.
@@ -683,6 +686,33 @@ async def append_audit(conn: AsyncConnection, entries: Sequence[AuditEntry]) -> 
     if party_rows:
         await conn.execute(sa.insert(AUDIT_PARTIES), party_rows)
     return indices
+
+
+async def _team_of(conn: AsyncConnection, child: str) -> tuple[list[str], list[str]]:
+    sent = (
+        await conn.execute(
+            sa.select(MESSAGES.c.message_id, MESSAGES.c.sender)
+            .where(
+                MESSAGES.c.child == child,
+                MESSAGES.c.kind == "team_invitation",
+                MESSAGES.c.outcome == Outcome.ACCEPTED.value,
+            )
+            .order_by(MESSAGES.c.received_at.desc())
+        )
+    ).all()
+    accepted = (
+        await conn.execute(
+            sa.select(STATUS_EVENTS.c.agency)
+            .where(
+                STATUS_EVENTS.c.message_id.in_([row.message_id for row in sent]),
+                STATUS_EVENTS.c.status == "answered",
+                STATUS_EVENTS.c.answer == "accepted",
+            )
+            .order_by(STATUS_EVENTS.c.at.desc())
+        )
+    ).scalars()
+    members = list(dict.fromkeys(a for a in accepted if a is not None))
+    return members, list(dict.fromkeys(row.sender for row in sent))
 
 
 class SqlStore:
@@ -1127,6 +1157,8 @@ class SqlStore:
         instances never take the same row; SQLite has one broker and one
         writer) and ``escalate`` runs inside the row's transaction: it sends the
         escalation and returns when the next one is due and the audit entries.
+        ``escalate`` must not use the store itself (on SQLite the row's
+        transaction holds the one connection): what it needs comes in the row.
         The row's next due time, attempt count and the audit entries commit
         together; a crash before the commit leaves the row due, and the
         escalation's deterministic message id lets the recipient drop the repeat.
@@ -1168,6 +1200,7 @@ class SqlStore:
                             .order_by(MESSAGE_RECIPIENTS.c.position)
                         )
                     ).scalars()
+                    members, inviters = await _team_of(conn, row["child"])
                     due = DeadlineRow(
                         id=int(row["id"]),
                         message_id=row["message_id"],
@@ -1179,6 +1212,8 @@ class SqlStore:
                         sender=row["sender"],
                         child=row["child"],
                         recipients=tuple(recipients),
+                        members=tuple(members),
+                        inviters=tuple(inviters),
                     )
                     try:
                         next_due, entries = await escalate(due)
@@ -1205,32 +1240,9 @@ class SqlStore:
         first; agencies that sent one, newest first): the broker's knowledge of
         Barnets team, from signed receipts and signed headers it already holds.
         """
-        invitations = (
-            sa.select(MESSAGES.c.message_id, MESSAGES.c.sender, MESSAGES.c.received_at)
-            .where(
-                MESSAGES.c.child == child,
-                MESSAGES.c.kind == "team_invitation",
-                MESSAGES.c.outcome == Outcome.ACCEPTED.value,
-            )
-            .order_by(MESSAGES.c.received_at.desc())
-        )
         with _boundary(self._url):
             async with self._engine.connect() as conn:
-                sent = (await conn.execute(invitations)).all()
-                accepted = (
-                    await conn.execute(
-                        sa.select(STATUS_EVENTS.c.agency)
-                        .where(
-                            STATUS_EVENTS.c.message_id.in_([row.message_id for row in sent]),
-                            STATUS_EVENTS.c.status == "answered",
-                            STATUS_EVENTS.c.answer == "accepted",
-                        )
-                        .order_by(STATUS_EVENTS.c.at.desc())
-                    )
-                ).scalars()
-                members = list(dict.fromkeys(a for a in accepted if a is not None))
-        inviters = list(dict.fromkeys(row.sender for row in sent))
-        return members, inviters
+                return await _team_of(conn, child)
 
     async def open_matters(self, *, agency: str | None = None) -> list[DeadlineRow]:
         """Every open deadline (of matters ``agency`` sends or receives, if given), oldest first."""

@@ -153,13 +153,20 @@ class Watchdog:
         for close in result.close:
             await self.store.close_deadlines(close.message_id, [close.rule], close.agency, now)
 
+    async def escalate_once(self, now: datetime | None = None) -> int:
+        """One round: escalate every deadline due at ``now`` (default: the clock); how many."""
+        at = now if now is not None else self.clock()
+
+        async def escalate(row: DeadlineRow) -> tuple[datetime, Sequence[AuditEntry]]:
+            return await self._escalate(row, at)
+
+        return await self.store.escalate_due(at, instance=self.instance, escalate=escalate)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Escalate what is due every ``interval_s`` seconds until ``stop`` (between rounds)."""
         while not stop.is_set():
             try:
-                count = await self.store.escalate_due(
-                    self.clock(), instance=self.instance, escalate=self._escalate
-                )
+                count = await self.escalate_once()
                 if count:
                     _log.info("escalated", count=count)
             except (StoreUnavailable, ConnectionError, OSError) as exc:
@@ -169,20 +176,23 @@ class Watchdog:
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
 
-    async def _escalate(self, row: DeadlineRow) -> tuple[datetime, Sequence[AuditEntry]]:
+    async def _escalate(
+        self, row: DeadlineRow, at: datetime
+    ) -> tuple[datetime, Sequence[AuditEntry]]:
+        # ``at`` is the round's time (the deadline and its repeat); the notice is
+        # dated by the clock. They differ only in tests that move time forward.
         now = self.clock()
         rule = self.rules.by_id(row.rule)
         if rule is None:
             # The rule was removed from the file: stop repeating, keep the matter visible.
             _log.warning("deadline_rule_unknown", rule=row.rule, message_id=row.message_id)
-            return now + timedelta(days=365), []
-        members, inviters = await self.store.team_of(row.child)
+            return at + timedelta(days=365), []
         targets = escalation_targets(
             rule,
             sender=row.sender,
             recipient=row.agency,
             child=row.child,
-            team=_Team(tuple(members), tuple(inviters), self.directory),
+            team=_Team(row.members, row.inviters, self.directory),
         )
         keys = [self.directory.sealing_key(a, now=now) for a in targets.agencies]
         recipients = [k for k in keys if k is not None]
@@ -227,4 +237,4 @@ class Watchdog:
             recipients=[k.agency for k in recipients],
             at=now,
         )
-        return next_due(rule, escalated_at=now, calendar=self.calendar), [entry]
+        return next_due(rule, escalated_at=at, calendar=self.calendar), [entry]

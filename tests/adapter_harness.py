@@ -33,12 +33,14 @@ from adapters.store import AdapterStore
 from adapters.web import LocalAccount, StaffAuth, hash_password, setup_web
 from broker.batching import GroupCommitStore
 from broker.consents import ConsentBook, ConsentPolicy, ConsentRegistry
+from broker.deadlines import WorkingCalendar, load_deadline_rules
 from broker.definitions import agency_permission
 from broker.metrics import Metrics
 from broker.provision import RabbitmqctlRunner
 from broker.service import BrokerService
 from broker.store import SqlStore
 from broker.topology import agency_queue, control_queue
+from broker.watchdog import Watchdog
 from keys.ca import PeerIdentity, Role
 from keys.personnummer import parse_identity_number
 from keys.policy import load_policy
@@ -65,6 +67,7 @@ DIRECTORY = signed_directory(
     [*AGENCIES.values(), (BROKER, AgencyType.BROKER)], at=NOW - timedelta(days=60)
 )
 POLICY = load_policy(Path("deploy/policy/sweden.toml"))
+DEADLINES = load_deadline_rules(Path("deploy/policy/deadlines.toml"))
 PSEUDONYM_KEY = PseudonymKey(secrets.token_bytes(32))
 PASSWORD = secrets.token_urlsafe(12)
 TOKEN = secrets.token_urlsafe(16)
@@ -228,6 +231,7 @@ class Area:
     service: BrokerService
     registry: ConsentRegistry
     store: SqlStore
+    watchdog: Watchdog
     nodes: dict[str, Node] = field(default_factory=dict)
 
     async def start(
@@ -360,6 +364,18 @@ async def area(area_users: str, store: SqlStore, tmp_path: Path) -> AsyncIterato
         metrics=Metrics(),
         shutdown_grace_s=5,
     )
+    # The shipped rules; tests move time by calling escalate_once(now=…), never by sleeping.
+    watchdog = Watchdog(
+        store=store,
+        directory=DIRECTORY,
+        broker_key=BROKER.sender,
+        rules=DEADLINES,
+        calendar=WorkingCalendar(DEADLINES.calendar),
+        publish=service.publish_envelope,
+        clock=lambda: datetime.now(UTC),
+        instance="test-broker",
+    )
+    service.watchdog = watchdog
     await service.start()
     registry = ConsentRegistry(
         store=store,
@@ -374,7 +390,14 @@ async def area(area_users: str, store: SqlStore, tmp_path: Path) -> AsyncIterato
         for name in (agency_queue(agency.agency), control_queue(agency.agency)):
             await (await channel.get_queue(name, ensure=False)).purge()
     await admin.close()
-    running = Area(vhost=area_users, tmp=tmp_path, service=service, registry=registry, store=store)
+    running = Area(
+        vhost=area_users,
+        tmp=tmp_path,
+        service=service,
+        registry=registry,
+        store=store,
+        watchdog=watchdog,
+    )
     try:
         yield running
     finally:
