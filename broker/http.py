@@ -347,6 +347,7 @@ def create_app(
     readiness_timeout: float = 2.0,
     with_consents: bool = False,
     with_audit: bool = False,
+    with_gaps: bool = False,
 ) -> web.Application:
     """The broker's HTTP application; serve it only with :func:`serve_http`.
 
@@ -367,9 +368,9 @@ def create_app(
     app[READINESS_TIMEOUT] = readiness_timeout
     app[METRICS] = metrics
     app[CLOCK] = clock
-    app[_OPENAPI] = json.dumps(build_openapi(consents=with_consents, audit=with_audit)).encode(
-        "utf-8"
-    )
+    app[_OPENAPI] = json.dumps(
+        build_openapi(consents=with_consents, audit=with_audit, gaps=with_gaps)
+    ).encode("utf-8")
     app.router.add_get(PATH_DIRECTORY, _directory)
     app.router.add_get(PATH_TIMELINE, _timeline)
     app.router.add_get(PATH_HEALTH, _health)

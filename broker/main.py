@@ -31,6 +31,7 @@ from broker.deadlines import (
     WorkingCalendar,
     load_deadline_rules,
 )
+from broker.gaps_http import add_gap_routes
 from broker.http import create_app, serve_http
 from broker.metrics import Metrics
 from broker.service import BrokerService, utc_now
@@ -158,8 +159,10 @@ async def serve(
             clock=utc_now,
             with_consents=True,
             with_audit=True,
+            with_gaps=True,
         )
         add_consent_routes(app, registry)
+        add_gap_routes(app, store)
         audit = _mount_audit(app, store, broker_key, directory)
         checkpoints = asyncio.create_task(
             audit.checkpoints_forever(settings.checkpoint_interval_s, stop),
@@ -222,6 +225,7 @@ def _watchdog(
         # Names the instance that escalated, in the deadline's row (claimed_by).
         instance=f"{socket.gethostname()}-{os.getpid()}",
         interval_s=settings.watchdog_interval_s,
+        metrics=service.metrics,
     )
 
 

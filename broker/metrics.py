@@ -77,6 +77,18 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self._open_matters = Gauge(
+            "backa_open_matters",
+            "Matters with an open deadline, by rule, as last seen by the watchdog.",
+            ["rule"],
+            registry=self.registry,
+        )
+        self._rules_seen: set[str] = set()
+        self._oldest_matter = Gauge(
+            "backa_oldest_open_matter_seconds",
+            "How long the oldest open matter has been past its deadline (0: none is late).",
+            registry=self.registry,
+        )
 
     def observe_message(self, kind: str, outcome: str, seconds: float) -> None:
         """Count one decided message and record how long it took."""
@@ -94,6 +106,15 @@ class Metrics:
     def set_queue_depth(self, queue: str, depth: int) -> None:
         """Set the last seen number of ready messages in ``queue``."""
         self._queue_depth.labels(queue=queue).set(depth)
+
+    def set_open_matters(self, by_rule: dict[str, int], oldest_late_s: float) -> None:
+        """Set the open matters per rule (rules with none go to 0) and the oldest lateness."""
+        for rule in self._rules_seen - set(by_rule):
+            self._open_matters.labels(rule=rule).set(0)
+        self._rules_seen |= set(by_rule)
+        for rule, count in by_rule.items():
+            self._open_matters.labels(rule=rule).set(count)
+        self._oldest_matter.set(max(0.0, oldest_late_s))
 
     def render(self) -> bytes:
         """Every metric in the Prometheus text exposition format."""

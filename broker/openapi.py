@@ -214,6 +214,9 @@ PATH_AUDIT_CONSISTENCY: Final = "/v1/audit/proofs/consistency"
 PATH_AUDIT_CHECKPOINT: Final = "/v1/audit/checkpoint"
 PATH_AUDIT_EXPORT: Final = "/v1/audit/export"
 
+PATH_GAPS: Final = "/v1/gaps"
+PATH_GAP_HANDLED: Final = "/v1/gaps/{id}/handled"
+
 PATH_CONSENTS: Final = "/v1/consents"
 PATH_REVOKE: Final = "/v1/consents/{consent_id}/revoke"
 
@@ -357,7 +360,9 @@ def _consent_paths(ref: Callable[[type[BaseModel]], str]) -> dict[str, Any]:
     return {PATH_CONSENTS: {"get": listing, "post": register}, PATH_REVOKE: {"post": revoke}}
 
 
-def build_openapi(*, consents: bool = False, audit: bool = False) -> dict[str, Any]:
+def build_openapi(
+    *, consents: bool = False, audit: bool = False, gaps: bool = False
+) -> dict[str, Any]:
     """The OpenAPI 3.1.0 document of the broker's HTTP API (with the consent and audit routes)."""
     models = [*_MODELS, *(_CONSENT_MODELS if consents else ()), *((AuditEntry,) if audit else ())]
     refs, schema = models_json_schema([(m, "serialization") for m in models], ref_template=_REF)
@@ -432,6 +437,7 @@ def build_openapi(*, consents: bool = False, audit: bool = False) -> dict[str, A
         },
         **(_consent_paths(ref) if consents else {}),
         **(_audit_paths(ref(AuditEntry)) if audit else {}),
+        **(_gap_paths() if gaps else {}),
         PATH_OPENAPI: {
             "get": _operation(
                 "getOpenApi",
@@ -470,6 +476,7 @@ def build_openapi(*, consents: bool = False, audit: bool = False) -> dict[str, A
                 if audit
                 else []
             ),
+            *([{"name": "gaps", "description": "Late and nearly late matters."}] if gaps else []),
             {"name": "operations", "description": "Health, readiness, metrics, this document."},
         ],
         "paths": paths,
@@ -683,3 +690,89 @@ def _audit_paths(entry_ref: str) -> dict[str, Any]:
         PATH_AUDIT_CHECKPOINT: {"get": checkpoint},
         PATH_AUDIT_EXPORT: {"get": export},
     }
+
+
+def _gap_paths() -> dict[str, Any]:
+    """The open-gaps view (broker.gaps_http)."""
+    matter = _object(
+        {
+            "id": _INDEX,
+            "message_id": {"type": "string", "pattern": MESSAGE_ID_PATTERN},
+            "rule": {"type": "string"},
+            "kind": {"type": "string"},
+            "sender": {"type": "string"},
+            "recipient": {"type": ["string", "null"]},
+            "child": _HEX32,
+            "due_at": {"type": "string", "format": "date-time"},
+            "late_seconds": _INDEX,
+            "state": {"enum": ["late", "near"]},
+            "escalations": _INDEX,
+        }
+    )
+    listing = _operation(
+        "listGaps",
+        "Open matters past or near their deadline",
+        "Most urgent first. An adapter sees the matters its agency sends or receives; "
+        "operators and security officers see the area.",
+        _inline(
+            _object({"matters": {"type": "array", "items": matter}, "at": {"type": "string"}}),
+            "The open matters.",
+        ),
+        {
+            "400": "within_hours is not a whole number in range.",
+            "403": "Not an adapter, operator or security officer.",
+        },
+        tag="gaps",
+        parameters=[
+            _query(
+                "within_hours",
+                "Also matters due within this many hours (default 24).",
+                {"type": "integer", "minimum": 0, "maximum": 720},
+                required=False,
+            )
+        ],
+    )
+    handled = _operation(
+        "handleGap",
+        "Close a matter without an answer",
+        "A party to the matter (or an operator) closes it for a reason from a closed "
+        "list; the decision is audited.",
+        _inline(_object({"id": _INDEX, "state": {"enum": ["handled"]}}), "Closed."),
+        {
+            "400": "The body is not a reason and a staff id.",
+            "404": "No such open matter, or not a party to it.",
+        },
+        tag="gaps",
+        parameters=[
+            {
+                "name": "id",
+                "in": "path",
+                "required": True,
+                "description": "The matter's id.",
+                "schema": _INDEX,
+            }
+        ],
+    )
+    handled["requestBody"] = {
+        "required": True,
+        "description": "Why, and who decided.",
+        "content": {
+            "application/json": {
+                "schema": _object(
+                    {
+                        "reason": {
+                            "enum": [
+                                "answered_outside_backa",
+                                "contact_made",
+                                "child_moved",
+                                "no_longer_needed",
+                                "sent_in_error",
+                            ]
+                        },
+                        "staff_id": {"type": "string"},
+                    }
+                )
+            }
+        },
+    }
+    return {PATH_GAPS: {"get": listing}, PATH_GAP_HANDLED: {"post": handled}}

@@ -1244,45 +1244,73 @@ class SqlStore:
             async with self._engine.connect() as conn:
                 return await _team_of(conn, child)
 
+    async def handle_deadline(
+        self, deadline_id: int, *, at: datetime, audit: AuditEntry
+    ) -> DeadlineRow | None:
+        """Close an open deadline by a person's decision; its audit entry goes with it.
+
+        Returns the deadline as it was, or None if no open deadline has that id.
+        """
+        with _boundary(self._url):
+            async with self._engine.begin() as conn:
+                row = (
+                    await conn.execute(
+                        sa.update(DEADLINES)
+                        .where(DEADLINES.c.id == deadline_id, DEADLINES.c.state == "open")
+                        .values(state="handled", closed_at=at)
+                        .returning(DEADLINES.c.message_id)
+                    )
+                ).first()
+                if row is None:
+                    return None
+                await append_audit(conn, [audit])
+        return await self.deadline(deadline_id)
+
+    async def deadline(self, deadline_id: int) -> DeadlineRow | None:
+        """One deadline (in any state), with its message's facts."""
+        matters = await self._matters(DEADLINES.c.id == deadline_id)
+        return matters[0] if matters else None
+
     async def open_matters(self, *, agency: str | None = None) -> list[DeadlineRow]:
         """Every open deadline (of matters ``agency`` sends or receives, if given), oldest first."""
+        matters = await self._matters(DEADLINES.c.state == "open")
+        if agency is None:
+            return matters
+        return [m for m in matters if agency == m.sender or agency in m.recipients]
+
+    async def _matters(self, condition: sa.ColumnElement[bool]) -> list[DeadlineRow]:
         query = (
             sa.select(DEADLINES, MESSAGES.c.kind, MESSAGES.c.sender, MESSAGES.c.child)
             .join(MESSAGES, MESSAGES.c.message_id == DEADLINES.c.message_id)
-            .where(DEADLINES.c.state == "open")
+            .where(condition)
             .order_by(DEADLINES.c.due_at, DEADLINES.c.id)
         )
         with _boundary(self._url):
             async with self._engine.connect() as conn:
                 rows = (await conn.execute(query)).mappings().all()
-                result = []
-                for row in rows:
-                    recipients = tuple(
-                        (
-                            await conn.execute(
-                                sa.select(MESSAGE_RECIPIENTS.c.agency)
-                                .where(MESSAGE_RECIPIENTS.c.message_id == row["message_id"])
-                                .order_by(MESSAGE_RECIPIENTS.c.position)
-                            )
-                        ).scalars()
-                    )
-                    if agency is not None and agency != row["sender"] and agency not in recipients:
-                        continue
-                    result.append(
-                        DeadlineRow(
-                            id=int(row["id"]),
-                            message_id=row["message_id"],
-                            rule=row["rule"],
-                            agency=None if row["agency"] == MESSAGE_LEVEL else row["agency"],
-                            due_at=row["due_at"],
-                            attempts=int(row["attempts"]),
-                            kind=row["kind"],
-                            sender=row["sender"],
-                            child=row["child"],
-                            recipients=recipients,
-                        )
-                    )
-        return result
+                ids = [row["message_id"] for row in rows]
+                recipients: dict[str, list[str]] = {}
+                for message_id, agency in await conn.execute(
+                    sa.select(MESSAGE_RECIPIENTS.c.message_id, MESSAGE_RECIPIENTS.c.agency)
+                    .where(MESSAGE_RECIPIENTS.c.message_id.in_(ids))
+                    .order_by(MESSAGE_RECIPIENTS.c.message_id, MESSAGE_RECIPIENTS.c.position)
+                ):
+                    recipients.setdefault(message_id, []).append(agency)
+        return [
+            DeadlineRow(
+                id=int(row["id"]),
+                message_id=row["message_id"],
+                rule=row["rule"],
+                agency=None if row["agency"] == MESSAGE_LEVEL else row["agency"],
+                due_at=row["due_at"],
+                attempts=int(row["attempts"]),
+                kind=row["kind"],
+                sender=row["sender"],
+                child=row["child"],
+                recipients=tuple(recipients.get(row["message_id"], ())),
+            )
+            for row in rows
+        ]
 
     async def consents(self, *, child: str | None = None) -> list[ConsentRow]:
         """Every stored consent (of one child, if given), oldest registration first."""

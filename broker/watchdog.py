@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from broker.deadlines import (
     next_due,
     plan,
 )
+from broker.metrics import Metrics
 from broker.records import MessageRecord, StatusEvent
 from broker.store import DeadlineRow, SqlStore, StoreUnavailable
 from keys.directory import Directory
@@ -95,6 +97,7 @@ class Watchdog:
     clock: Callable[[], datetime]
     instance: str
     interval_s: float = 30.0
+    metrics: Metrics | None = None
 
     def _facts(self, record: MessageRecord, answers: dict[str, Answer]) -> MessageFacts:
         return MessageFacts(
@@ -162,6 +165,16 @@ class Watchdog:
 
         return await self.store.escalate_due(at, instance=self.instance, escalate=escalate)
 
+    async def observe(self) -> None:
+        """Refresh the open-matter gauges (for /metrics)."""
+        if self.metrics is None:
+            return
+        matters = await self.store.open_matters()
+        now = self.clock()
+        by_rule = Counter(m.rule for m in matters)
+        oldest = max(((now - m.due_at).total_seconds() for m in matters), default=0.0)
+        self.metrics.set_open_matters(dict(by_rule), oldest)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Escalate what is due every ``interval_s`` seconds until ``stop`` (between rounds)."""
         while not stop.is_set():
@@ -169,6 +182,7 @@ class Watchdog:
                 count = await self.escalate_once()
                 if count:
                     _log.info("escalated", count=count)
+                await self.observe()
             except (StoreUnavailable, ConnectionError, OSError) as exc:
                 _log.warning("escalation_deferred", cause=type(exc).__name__)
             except Exception:  # noqa: BLE001 - a bug must not stop the watchdog for good

@@ -5,7 +5,7 @@ fields are refused, strings and lists are bounded, datetimes are timezone-aware.
 This package imports nothing else of the project.
 """
 
-from schemas.audit import AuditEntry, AuditEvent
+from schemas.audit import AuditEntry, AuditEvent, HandledReason
 from schemas.common import b64url_decode, b64url_encode
 from schemas.consent import (
     AgencyRef,
@@ -90,6 +90,7 @@ __all__ = [
     "Envelope",
     "EscalationNotice",
     "Guardian",
+    "HandledReason",
     "Kind",
     "LegalBasis",
     "Need",

@@ -43,8 +43,20 @@ class AuditEvent(StrEnum):
     DIRECTORY_CHANGED = "directory_changed"
     KEY_CHANGED = "key_changed"
     ESCALATION = "escalation"
+    # Someone closed a late matter without answering it (the reason says why).
+    DEADLINE_HANDLED = "deadline_handled"
     # Patient data law asks for a log of who looked at the log itself.
     AUDIT_READ = "audit_read"
+
+
+class HandledReason(StrEnum):
+    """Why a person closed a late matter instead of answering it; a closed list (metadata only)."""
+
+    ANSWERED_OUTSIDE_BACKA = "answered_outside_backa"  # by phone, in a meeting, on paper
+    CONTACT_MADE = "contact_made"  # the agencies spoke; the message needs no answer
+    CHILD_MOVED = "child_moved"  # the child left the area
+    NO_LONGER_NEEDED = "no_longer_needed"  # the need the message was about has passed
+    SENT_IN_ERROR = "sent_in_error"
 
 
 #: An audit query as the security officer issued it (filters, not content).
@@ -76,6 +88,9 @@ class AuditEntry(WireModel):
     digest: Sha256Hex | None = None
     actor: StaffId | None = None
     query: AuditQuery | None = None
+    handled: HandledReason | None = Field(
+        default=None, description="Required on deadline_handled entries, refused otherwise."
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> AuditEntry:
@@ -89,4 +104,6 @@ class AuditEntry(WireModel):
             raise ValueError("an audit_read entry must name its actor")
         if self.query is not None and self.event is not AuditEvent.AUDIT_READ:
             raise ValueError("query is only allowed on audit_read entries")
+        if (self.event is AuditEvent.DEADLINE_HANDLED) != (self.handled is not None):
+            raise ValueError("handled is required on deadline_handled entries, refused otherwise")
         return self

@@ -9,6 +9,7 @@ child's team invitation, as the broker learned from the signed receipts.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -18,6 +19,7 @@ from playwright.async_api import BrowserContext, expect
 
 from broker.audit.log import AuditLog
 from broker.audit.ports import AuditFilter
+from broker.metrics import Metrics
 from schemas.audit import AuditEvent
 from tests.adapter_harness import (
     BUP,
@@ -161,8 +163,14 @@ async def test_a_restarted_watchdog_escalates_a_due_matter_once(area: Area) -> N
     await _referral_to_bup(area, school, bup)
     later = datetime.now(UTC) + LATER
     assert await area.watchdog.escalate_once(later) == 1
-    restarted = type(area.watchdog)(**{**area.watchdog.__dict__, "instance": "restarted"})
+    restarted = replace(area.watchdog, instance="restarted")
     assert await restarted.escalate_once(later) == 0, "escalated once, then due only at the repeat"
     (matter,) = [m for m in await area.store.open_matters() if m.rule == "referral.not-answered"]
     assert matter.attempts == 1
     assert matter.due_at > later
+    metrics = Metrics()
+    watching = replace(area.watchdog, metrics=metrics, clock=lambda: later)
+    await watching.observe()
+    text = metrics.render().decode()
+    assert 'backa_open_matters{rule="referral.not-answered"} 1.0' in text
+    assert "backa_oldest_open_matter_seconds" in text

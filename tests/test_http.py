@@ -27,10 +27,12 @@ from structlog.testing import capture_logs
 from broker.audit.http import add_audit_routes
 from broker.audit.ports import AuditReader
 from broker.errors import Unavailable
+from broker.gaps_http import add_gap_routes
 from broker.http import create_app, serve_http
 from broker.metrics import Metrics
 from broker.openapi import build_openapi
 from broker.records import MessageRecord, Outcome, Recorded, StatusEvent
+from broker.store import SqlStore
 from keys.area import load_area
 from keys.ca import (
     Issued,
@@ -750,8 +752,8 @@ async def test_openapi_document_is_3_1_and_self_contained(running: Running) -> N
     }
 
 
-def test_openapi_documents_every_audit_route(pki: Pki) -> None:
-    """With the audit routes mounted, served and documented routes are the same set, refs resolve."""
+def test_openapi_documents_every_audit_and_gap_route(pki: Pki) -> None:
+    """With the audit and gap routes mounted, served and documented routes agree; refs resolve."""
     app = create_app(
         store=MemoryStore(),
         directory=pki.bundle,
@@ -759,8 +761,10 @@ def test_openapi_documents_every_audit_route(pki: Pki) -> None:
         metrics=Metrics(),
         clock=lambda: CLOCK_NOW,
         with_audit=True,
+        with_gaps=True,
     )
     add_audit_routes(app, cast("AuditReader", object()), origin="backa.audit/test")
+    add_gap_routes(app, cast("SqlStore", object()))
     served = {
         (route.method.lower(), route.resource.canonical)
         for route in app.router.routes()
@@ -768,11 +772,11 @@ def test_openapi_documents_every_audit_route(pki: Pki) -> None:
     }
     documented = {
         (method, path)
-        for path, operations in build_openapi(audit=True)["paths"].items()
+        for path, operations in build_openapi(audit=True, gaps=True)["paths"].items()
         for method in operations
     }
     assert served == documented
-    document = build_openapi(consents=True, audit=True)
+    document = build_openapi(consents=True, audit=True, gaps=True)
     for ref in _refs(document):
         _resolve(document, ref)  # every $ref of the full document resolves inside it
 

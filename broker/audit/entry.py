@@ -21,7 +21,7 @@ from typing import Any
 
 from broker.records import MessageRecord, Outcome, StatusEvent
 from keys.directory import canonical_json
-from schemas.audit import AuditEntry, AuditEvent
+from schemas.audit import AuditEntry, AuditEvent, HandledReason
 from schemas.reasons import ReasonCode
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "decision_entry",
     "directory_entry",
     "escalation_entry",
+    "handled_entry",
     "parse_canonical",
     "read_entry",
     "receipt_entry",
@@ -208,6 +209,31 @@ def escalation_entry(
             "recipients": list(recipients),
             "child": child,
             "rule": rule,
+        }
+    )
+
+
+def handled_entry(
+    *,
+    message_id: str,
+    rule: str,
+    child: str,
+    agency: str | None,
+    actor: str,
+    reason: HandledReason,
+    at: datetime,
+) -> AuditEntry:
+    """A person closed a late matter without answering it, and why (a closed list)."""
+    return _build(
+        {
+            "at": at.isoformat(),
+            "event": AuditEvent.DEADLINE_HANDLED.value,
+            "message_id": message_id,
+            "sender": agency,
+            "child": child,
+            "rule": rule,
+            "actor": actor,
+            "handled": reason.value,
         }
     )
 
