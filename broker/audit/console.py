@@ -105,6 +105,7 @@ EVENT_LABELS: Mapping[AuditEvent, str] = MappingProxyType(
         AuditEvent.DIRECTORY_CHANGED: "Katalogen ändrad",
         AuditEvent.KEY_CHANGED: "Nyckel bytt",
         AuditEvent.ESCALATION: "Eskalering",
+        AuditEvent.DEADLINE_HANDLED: "Ärende avslutat utan svar",
         AuditEvent.AUDIT_READ: "Läsning av loggen",
     }
 )
