@@ -95,6 +95,9 @@ class AdapterConfig(_Section):
     #: RabbitMQ, as this agency's user; the password comes from ``amqp_password_file``.
     amqp_url: str = "amqp://127.0.0.1:5672/backa"
     amqp_password_file: Path | None = None
+    #: The broker's HTTPS API (e.g. https://localhost:8443), for the web inbox's late-matters
+    #: list; reached with this agency's client certificate from area_dir. None: not shown.
+    broker_url: str | None = None
     #: The consent and legal-basis rules, checked again before hand-over.
     policy_file: Path = Path("deploy/policy/sweden.toml")
     #: The format the agency system speaks: ``canonical``, ``school``, ``social_services``,

@@ -21,17 +21,19 @@ import structlog
 from aiohttp import web
 
 from adapters.api import create_api
+from adapters.broker_client import BrokerClient
 from adapters.canonical import Mapping
 from adapters.config import AdapterConfig, ConfigError
 from adapters.mappings import mapping_for
 from adapters.runtime import AdapterRuntime, utc_now
 from adapters.store import AdapterStore, AdapterStoreError
 from adapters.web import LocalAccount, StaffAuth, setup_web
+from keys.ca import client_ssl_context
 from keys.envelope import OpeningKey, RecipientKeys
 from keys.errors import KeysError
 from keys.policy import PolicyError, load_policy
 from keys.pseudonym import PseudonymKey
-from keys.setup import load_agency_keys, load_directory, load_pseudonym_key
+from keys.setup import AreaLayout, load_agency_keys, load_directory, load_pseudonym_key
 
 _log = structlog.get_logger("adapters.main")
 
@@ -120,6 +122,19 @@ async def build(
             for kid, pair in keys.encryption_keys.items()
         },
     )
+    gap_source = None
+    if config.broker_url is not None:
+        layout = AreaLayout(config.area_dir)
+        try:
+            context = client_ssl_context(
+                cert_file=layout.agency_dir(config.agency) / "client.crt",
+                key_file=layout.agency_dir(config.agency) / "client.key",
+                ca_file=layout.ca_cert,
+                passphrase=passphrase,
+            )
+        except (OSError, ValueError, KeysError) as exc:
+            raise StartupError(f"broker_url: this agency's client certificate: {exc}") from exc
+        gap_source = BrokerClient(config.broker_url, context).gaps
     runtime = AdapterRuntime(
         agency_id=config.agency,
         store=store,
@@ -134,6 +149,7 @@ async def build(
         webhook_url=config.handover.webhook_url,
         webhook_render=mapping.render_received,
         webhook_timeout_s=config.handover.webhook_timeout_s,
+        gap_source=gap_source,
     )
     return runtime, mapping
 

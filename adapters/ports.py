@@ -9,6 +9,7 @@ does over the API go through the same code and send the same receipts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from adapters.canonical import Received, SentTimeline
@@ -70,3 +71,22 @@ class InboxPort(Protocol):
     async def list_sent(self) -> list[SentTimeline]:
         """Every message this agency sent, newest first, with its timeline."""
         ...
+
+    async def gaps(self) -> list[Gap] | None:
+        """This agency's late and nearly late matters, or None when the broker's view is away."""
+        ...
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A matter past or near its deadline, as the broker's gaps view (``GET /v1/gaps``) names it."""
+
+    message_id: str
+    rule: str
+    kind: str
+    sender: str
+    recipient: str | None
+    due_at: datetime
+    late_seconds: int
+    state: str  # "late" or "near"
+    escalations: int

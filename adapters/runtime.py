@@ -30,7 +30,7 @@ import asyncio
 import hashlib
 import json
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -64,7 +64,7 @@ from adapters.core import (
     recipient_receipt,
     verify_notice,
 )
-from adapters.ports import AnswerConflictError, UnknownMessageError
+from adapters.ports import AnswerConflictError, Gap, UnknownMessageError
 from adapters.store import AdapterStore, AdapterStoreError, InboxRow
 from keys.directory import Directory
 from keys.envelope import (
@@ -155,6 +155,8 @@ class AdapterRuntime:
     webhook_render: Callable[[Received], dict[str, Any]] | None = None
     webhook_timeout_s: float = 10.0
     clock: Callable[[], datetime] = utc_now
+    #: Reads the broker's gaps view for this agency (adapters.broker_client), if configured.
+    gap_source: Callable[[], Awaitable[list[Gap]]] | None = None
     poll_s: float = 1.0
     prefetch: int = 32
     _consents: dict[str, ConsentState] = field(default_factory=dict, init=False)
@@ -825,6 +827,16 @@ class AdapterRuntime:
     async def list_sent(self) -> list[SentTimeline]:
         """Every message this agency sent, newest first, with its timeline."""
         return [await self.timeline(r.message_id) for r in await self.store.sent_messages()]
+
+    async def gaps(self) -> list[Gap] | None:
+        """Late and nearly late matters, most urgent first; None if the broker's view is away."""
+        if self.gap_source is None:
+            return None
+        try:
+            found = await self.gap_source()
+        except ConnectionError:
+            return None
+        return sorted(found, key=lambda g: (-g.late_seconds, g.due_at))
 
 
 def _default_expiry(submission: Submission, now: datetime, ttl: timedelta) -> datetime:

@@ -521,7 +521,8 @@ async def _index(request: web.Request) -> web.Response:
     port = request.app[PORT]
     received = sorted(await port.list_received(), key=lambda r: r.received_at, reverse=True)
     sent = sorted(await port.list_sent(), key=lambda s: s.submitted_at, reverse=True)
-    return _render(request, "inbox.html", received=received, sent=sent)
+    gaps = await port.gaps()
+    return _render(request, "inbox.html", received=received, sent=sent, gaps=gaps)
 
 
 def _message_page(
@@ -742,6 +743,7 @@ def _environment(tz: tzinfo) -> jinja2.Environment:
     )
     env.filters["tid"] = lambda value: _format_time(value, tz)
     env.filters["datum"] = _format_date
+    env.filters["forsening"] = labels.lateness
     env.filters["pnr"] = labels.format_personnummer
     env.filters["ja_nej"] = labels.yes_no
     env.globals.update(

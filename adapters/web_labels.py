@@ -260,3 +260,14 @@ def format_personnummer(number: str) -> str:
 def yes_no(value: bool) -> str:
     """``Ja`` or ``Nej``."""
     return "Ja" if value else "Nej"
+
+
+def lateness(seconds: int) -> str:
+    """How late, in Swedish words a person reads at a glance ("3 dagar", "5 timmar")."""
+    days, rest = divmod(max(0, seconds), 86_400)
+    if days:
+        return f"{days} dag" if days == 1 else f"{days} dagar"
+    hours = rest // 3600
+    if hours:
+        return f"{hours} timme" if hours == 1 else f"{hours} timmar"
+    return "under en timme"

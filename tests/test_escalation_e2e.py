@@ -12,14 +12,28 @@ import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.async_api import BrowserContext, expect
 
+from adapters.broker_client import BrokerClient
 from broker.audit.log import AuditLog
 from broker.audit.ports import AuditFilter
+from broker.gaps_http import add_gap_routes
+from broker.http import create_app, serve_http
 from broker.metrics import Metrics
+from keys.ca import (
+    Issued,
+    Role,
+    cert_to_pem,
+    client_ssl_context,
+    issue_client_cert,
+    key_to_pem,
+    load_cert_pem,
+    load_key_pem,
+)
 from schemas.audit import AuditEvent
 from tests.adapter_harness import (
     BUP,
@@ -34,6 +48,7 @@ from tests.adapter_harness import (
     pseudonym_of,
     until,
 )
+from tests.audit_fakes import _NoDirectory, make_pki
 
 pytestmark = [
     pytest.mark.rabbitmq,
@@ -174,3 +189,57 @@ async def test_a_restarted_watchdog_escalates_a_due_matter_once(area: Area) -> N
     text = metrics.render().decode()
     assert 'backa_open_matters{rule="referral.not-answered"} 1.0' in text
     assert "backa_oldest_open_matter_seconds" in text
+
+
+async def test_the_senders_web_inbox_lists_its_late_referral(
+    area: Area, browser: BrowserContext, tmp_path: Path
+) -> None:
+    """The school's web inbox reads the broker's gaps view over mTLS: its referral to BUP is late."""
+    _vc, _social, school, bup = await _with_team(area)
+    message_id = await _referral_to_bup(area, school, bup)
+    pki = make_pki(tmp_path)
+    ca = Issued(
+        key=load_key_pem(pki.layout.ca_key.read_bytes(), None),
+        cert=load_cert_pem(pki.layout.ca_cert.read_bytes()),
+    )
+    issued = issue_client_cert(
+        ca,
+        common_name=SCHOOL.agency,
+        role=Role.ADAPTER,
+        agency=SCHOOL.agency,
+        area="lidingo-demo",
+        now=datetime.now(UTC),
+    )
+    (tmp_path / "school.crt").write_bytes(cert_to_pem(issued.cert))
+    (tmp_path / "school.key").write_bytes(key_to_pem(issued.key, None))
+    broker_app = create_app(
+        store=area.store,
+        directory=_NoDirectory,
+        readiness=[],
+        metrics=Metrics(),
+        clock=lambda: datetime.now(UTC) + LATER,  # the referral has been waiting 40 days
+        with_gaps=True,
+    )
+    add_gap_routes(broker_app, area.store)
+    runner = await serve_http(broker_app, host="127.0.0.1", port=0, ssl_context=pki.server())
+    try:
+        school.runtime.gap_source = BrokerClient(
+            f"https://localhost:{runner.addresses[0][1]}",
+            client_ssl_context(
+                cert_file=tmp_path / "school.crt",
+                key_file=tmp_path / "school.key",
+                ca_file=pki.layout.ca_cert,
+                passphrase=None,
+            ),
+        ).gaps
+        page = await browser.new_page()
+        await page.goto(str(school.client.make_url("/inbox/")))
+        await page.get_by_label("Användar-id").fill("stodsamordnare.eva")
+        await page.get_by_label("Lösenord").fill(STAFF_PASSWORD)
+        await page.get_by_role("button", name="Logga in").click()
+        await expect(page.get_by_role("heading", name="Sena ärenden")).to_be_visible()
+        late = page.get_by_role("row").filter(has_text=message_id[:8])
+        await expect(late).to_contain_text("Försenat")
+        await expect(late).to_contain_text(BUP.agency)
+    finally:
+        await runner.cleanup()

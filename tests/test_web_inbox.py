@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from adapters import web_labels
 from adapters.canonical import Received, SentTimeline, TimelineEvent
-from adapters.ports import AnswerConflictError, UnknownMessageError
+from adapters.ports import AnswerConflictError, Gap, UnknownMessageError
 from adapters.web import LocalAccount, StaffAuth, hash_password, setup_web, verify_password
 from schemas.content import (
     NEED_AREA_LABELS,
@@ -81,6 +81,8 @@ class MemoryInbox:
     received: dict[str, Received] = field(default_factory=dict)
     sent: list[SentTimeline] = field(default_factory=list)
     calls: list[tuple[object, ...]] = field(default_factory=list)
+    #: The broker's gaps view as the runtime would give it; None: the view is away.
+    late: list[Gap] | None = field(default_factory=list)
     #: Makes every answer a conflict, as if another person had just answered.
     conflict: bool = False
 
@@ -125,6 +127,10 @@ class MemoryInbox:
     async def list_sent(self) -> list[SentTimeline]:
         """Every sent message as given."""
         return list(self.sent)
+
+    async def gaps(self) -> list[Gap] | None:
+        """The late matters as given."""
+        return None if self.late is None else list(self.late)
 
     def answers(self) -> list[tuple[object, ...]]:
         """The answer calls only."""
@@ -930,3 +936,21 @@ def test_basis_label_names_consent_or_legal_basis() -> None:
     assert web_labels.basis_label(LegalBasis(type="legal", ref="osl-10-28")) == (
         "Rättslig grund (osl-10-28)"
     )
+
+
+async def test_the_inbox_lists_late_matters_most_urgent_first(
+    signed_in: Client, port: MemoryInbox
+) -> None:
+    """Late matters come first in Swedish, as the runtime ordered them; an unreachable view says so."""
+    due = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+    port.late = [
+        Gap("019abb2a-6a51-7000-8000-0000000000a1", "referral.not-answered", "referral", SOCIAL, "bup-lidingo", due, 3 * 86_400, "late", 1),
+        Gap("019abb2a-6a51-7000-8000-0000000000a2", "concern.not-read", "concern_report", SOCIAL, None, due, 0, "near", 0),
+    ]  # fmt: skip
+    page = await (await signed_in.get("/inbox/")).text()
+    assert "Sena ärenden" in page
+    assert "Försenat 3 dagar" in page
+    assert page.index("Försenat 3 dagar") < page.index("Snart sent")
+    port.late = None
+    page = await (await signed_in.get("/inbox/")).text()
+    assert "går inte att nå just nu" in page
