@@ -619,8 +619,9 @@ class Receipted:
 class MessageFacts:
     """What the broker knows of a message when an event arrives.
 
-    ``answers`` holds every recipient's answer so far; :func:`plan` adds the
-    answer of the event it is given, so it may or may not be included.
+    ``answers`` holds every recipient's answer so far and ``refused`` the
+    recipients whose adapter refused the message (a ``rejected`` receipt);
+    :func:`plan` adds the event it is given, so it may or may not be included.
     """
 
     kind: Kind
@@ -629,6 +630,7 @@ class MessageFacts:
     child: str
     expires: datetime | None = None
     answers: Mapping[str, Answer] = field(default_factory=dict)
+    refused: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.expires is not None:
@@ -758,6 +760,10 @@ def _plan_receipted(
     answers = dict(message.answers)
     if event.answer is not None:
         answers[agency] = event.answer
+    refused = set(message.refused)
+    if event.status is ReceiptStatus.REJECTED:
+        refused.add(agency)
+    declined = {r for r in message.recipients if answers.get(r) is Answer.DECLINED}
     opened: list[OpenDeadline] = []
     closed: list[CloseDeadline] = []
     for rule in watching:
@@ -770,10 +776,14 @@ def _plan_receipted(
         ):
             due = due_at(rule, start=event.at, calendar=calendar)
             opened.append(OpenDeadline(rule.id, event.message_id, agency, due))
+        # Nobody is left to take the matter on: every recipient declined or refused
+        # it, at least one declined (refusals alone reach the sender as receipts),
+        # and this event is the one that made it so.
         if (
             rule.trigger is Trigger.DECLINED_BY_ALL
-            and event.answer is Answer.DECLINED
-            and all(answers.get(r) is Answer.DECLINED for r in message.recipients)
+            and (event.answer is Answer.DECLINED or event.status is ReceiptStatus.REJECTED)
+            and declined
+            and all(r in declined or r in refused for r in message.recipients)
         ):
             due = due_at(rule, start=event.at, calendar=calendar)
             opened.append(OpenDeadline(rule.id, event.message_id, None, due))

@@ -99,7 +99,9 @@ class Watchdog:
     interval_s: float = 30.0
     metrics: Metrics | None = None
 
-    def _facts(self, record: MessageRecord, answers: dict[str, Answer]) -> MessageFacts:
+    def _facts(
+        self, record: MessageRecord, answers: dict[str, Answer], refused: frozenset[str]
+    ) -> MessageFacts:
         return MessageFacts(
             kind=Kind(record.kind),
             sender=record.sender,
@@ -107,6 +109,7 @@ class Watchdog:
             child=record.child,
             expires=record.expires,
             answers=answers,
+            refused=refused,
         )
 
     async def on_accepted(self, record: MessageRecord) -> None:
@@ -121,7 +124,10 @@ class Watchdog:
             expires=record.expires,
         )
         result = plan(
-            event, rules=self.rules, calendar=self.calendar, message=self._facts(record, {})
+            event,
+            rules=self.rules,
+            calendar=self.calendar,
+            message=self._facts(record, {}, frozenset()),
         )
         await self._apply(result)
 
@@ -130,9 +136,12 @@ class Watchdog:
         if event.agency is None:
             return
         answers: dict[str, Answer] = {}
+        refused: set[str] = set()
         for earlier in await self.store.timeline(record.message_id):
             if earlier.status == "answered" and earlier.agency and earlier.answer:
                 answers[earlier.agency] = Answer(earlier.answer)
+            if earlier.status == "rejected" and earlier.agency:
+                refused.add(earlier.agency)
         receipted = Receipted(
             message_id=record.message_id,
             agency=event.agency,
@@ -144,7 +153,7 @@ class Watchdog:
             receipted,
             rules=self.rules,
             calendar=self.calendar,
-            message=self._facts(record, answers),
+            message=self._facts(record, answers, frozenset(refused)),
         )
         await self._apply(result)
 

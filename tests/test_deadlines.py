@@ -382,6 +382,7 @@ def facts(
     kind: Kind,
     answers: Mapping[str, Answer] | None = None,
     recipients: tuple[str, ...] = (SOC, BUP),
+    refused: frozenset[str] = frozenset(),
 ) -> MessageFacts:
     """What the broker knows of a message of ``kind`` to SOC and BUP."""
     return MessageFacts(
@@ -391,6 +392,7 @@ def facts(
         child=CHILD,
         expires=MEETING,
         answers=answers or {},
+        refused=refused,
     )
 
 
@@ -572,6 +574,26 @@ def test_declined_by_all(answers: dict[str, Answer], answer: Answer, fires: bool
     expected = (OpenDeadline(DECLINED_BY_ALL, MESSAGE_ID, None, T0),) if fires else ()
     assert got.open == expected
     assert all(close.rule != DECLINED_BY_ALL for close in got.close)
+
+
+@pytest.mark.parametrize(
+    ("refused", "status", "answer", "fires"),
+    [
+        pytest.param(frozenset({BUP}), ReceiptStatus.ANSWERED, Answer.DECLINED, True, id="one-refused-then-last-declines"),
+        pytest.param(frozenset(), ReceiptStatus.REJECTED, None, True, id="one-declined-then-last-refuses"),
+        pytest.param(frozenset({BUP}), ReceiptStatus.REJECTED, None, False, id="everyone-refused-nobody-declined"),
+    ],
+)  # fmt: skip
+def test_declined_by_all_counts_refusals_as_nobody_left(
+    refused: frozenset[str], status: ReceiptStatus, answer: Answer | None, fires: bool
+) -> None:
+    """Declined by some and refused by the rest leaves no receiving agency; refusals alone do not fire."""
+    answers = {BUP: Answer.DECLINED} if status is ReceiptStatus.REJECTED and not refused else {}
+    event = Receipted(MESSAGE_ID, SOC, status, T0, answer)
+    message = facts(Kind.REFERRAL, answers, refused=refused)
+    got = plan(event, rules=RULES, calendar=CALENDAR, message=message)
+    expected = (OpenDeadline(DECLINED_BY_ALL, MESSAGE_ID, None, T0),) if fires else ()
+    assert tuple(o for o in got.open if o.rule == DECLINED_BY_ALL) == expected
 
 
 def test_declined_by_all_filters_by_kind() -> None:
