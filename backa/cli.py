@@ -52,21 +52,32 @@ def demo(
     workdir: Path | None = typer.Option(
         None,
         "--workdir",
-        help="Where the demo writes its keys and passphrase (default var/demo, or BACKA_DEMO_DIR).",
+        help="Where the demo keeps its keys, databases and configs (default var/demo, or "
+        "BACKA_DEMO_DIR); emptied at the start of every run.",
+    ),
+    keep_running: bool = typer.Option(
+        False,  # noqa: FBT003 - typer's default-first signature
+        "--keep-running",
+        help="Leave every process running after the scenario, for a person to click "
+        "through the web inbox and the security officers' console; Ctrl-C stops them.",
     ),
 ) -> None:
-    """Run the demonstration: what Backa broker can do so far, step by step, for real.
+    """Run the whole Backa barnet model for real: a broker and five agency adapters.
 
-    Creates the keys of the demo area (deploy/areas/demo.toml), seals a referral
-    about a child from the school to social services and BUP, carries it through
-    the RabbitMQ at BACKA_AMQP_URL, opens it at each recipient and shows the
-    refusals that keep it safe. Exits 0 only if every step did what it says.
+    Makes keys for deploy/areas/demo.toml and the RabbitMQ users (vhost
+    BACKA_DEMO_VHOST, default backa; needs rabbitmqctl, i.e. root), starts
+    `backa broker serve` and one `backa adapter run` per agency as separate
+    processes, and drives the scenario through the agencies' own interfaces:
+    consent, a referral answered by two agencies, Barnets team accepted in the
+    web inbox, a police concern report by law, an escalation, a refusal and a
+    revocation in flight, and the security officer verifying the audit log.
+    Exits 0 only if every step did what it says; a failure names the step.
     `make demo` starts RabbitMQ first if it is not running.
     """
     settings = DemoSettings()
     if workdir is not None:
         settings = settings.model_copy(update={"demo_dir": workdir})
-    if not asyncio.run(run(settings, Console())):
+    if not asyncio.run(run(settings, Console(), keep_running=keep_running)):
         raise typer.Exit(code=1)
 
 

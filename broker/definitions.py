@@ -57,10 +57,13 @@ DEFAULT_VHOST: Final = "backa"
 BROKER_USER: Final = "backa-broker"
 
 # Every name the broker declares or binds: the area's own exchanges and queues,
-# the agency queues, and the server-named ("amq.gen-…") exclusive queues that
-# broker instances bind to the control exchange. Read is needed on agency queues
-# too: declaring a queue with a dead-letter exchange needs read on the queue.
-_BROKER_NAMES: Final = r"^(backa\..*|agency\..*|amq\.gen-.*)$"
+# the agency queues, and the exclusive queues broker instances bind to the control
+# exchange, named by the server ("amq.gen-…") or, on a robust channel, by aio-pika
+# itself ("amq_<uuid hex>", so that it can declare the same queue again after a
+# reconnect; found by the demo, the first run with provisioned permissions). Read
+# is needed on agency queues too: declaring a queue with a dead-letter exchange
+# needs read on the queue.
+_BROKER_NAMES: Final = r"^(backa\..*|agency\..*|amq\.gen-.*|amq_[0-9a-f]{32})$"
 # RabbitMQ keeps names as AMQP short strings: at most 255 bytes.
 _MAX_VHOST_LEN: Final = 255
 

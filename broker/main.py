@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
@@ -189,6 +190,12 @@ async def serve(
 
 
 def _load_deadlines(settings: BrokerSettings) -> DeadlineRules:
+    if settings.demo_time_warp_s:
+        _log.warning(
+            "demo_time_warp",
+            seconds=settings.demo_time_warp_s,
+            meaning="the watchdog judges deadlines this far in the future: demonstrations only",
+        )
     try:
         return load_deadline_rules(settings.deadlines_file)
     except DeadlineRulesError as exc:
@@ -226,6 +233,7 @@ def _watchdog(
         instance=f"{socket.gethostname()}-{os.getpid()}",
         interval_s=settings.watchdog_interval_s,
         metrics=service.metrics,
+        time_warp=timedelta(seconds=settings.demo_time_warp_s),
     )
 
 

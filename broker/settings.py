@@ -37,6 +37,9 @@ class BrokerSettings(BaseSettings):
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     #: The deadline and escalation rules (deploy/policy/deadlines.toml explains each field).
     deadlines_file: Path = Path("deploy/policy/deadlines.toml")
+    #: Demonstrations only: the watchdog judges deadlines this many seconds in the
+    #: future, so that "ten working days" pass during a one-minute demo. Logged loudly.
+    demo_time_warp_s: float = Field(default=0.0, ge=0, le=400 * 86_400)
     #: Seconds between the watchdog's looks for due deadlines.
     watchdog_interval_s: float = Field(default=30.0, ge=0.1, le=3_600)
     #: Seconds between signed audit checkpoints (one is signed only when the log grew).

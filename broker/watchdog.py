@@ -98,6 +98,8 @@ class Watchdog:
     instance: str
     interval_s: float = 30.0
     metrics: Metrics | None = None
+    #: Demonstrations only: judge deadlines this far ahead of the clock (BACKA_DEMO_TIME_WARP_S).
+    time_warp: timedelta = timedelta(0)
 
     def _facts(
         self, record: MessageRecord, answers: dict[str, Answer], refused: frozenset[str]
@@ -167,7 +169,7 @@ class Watchdog:
 
     async def escalate_once(self, now: datetime | None = None) -> int:
         """One round: escalate every deadline due at ``now`` (default: the clock); how many."""
-        at = now if now is not None else self.clock()
+        at = now if now is not None else self.clock() + self.time_warp
 
         async def escalate(row: DeadlineRow) -> tuple[datetime, Sequence[AuditEntry]]:
             return await self._escalate(row, at)
@@ -179,7 +181,7 @@ class Watchdog:
         if self.metrics is None:
             return
         matters = await self.store.open_matters()
-        now = self.clock()
+        now = self.clock() + self.time_warp
         by_rule = Counter(m.rule for m in matters)
         oldest = max(((now - m.due_at).total_seconds() for m in matters), default=0.0)
         self.metrics.set_open_matters(dict(by_rule), oldest)
