@@ -760,14 +760,18 @@ async def _run_all(demo: Demo, *, keep_running: bool) -> bool:
     for row in demo.rows:
         table.add_row(*row)
     console.print(table)
-    if keep_running:
-        console.print(
-            f"Web inbox of the stödsamordnare: {demo.adapter_url(SOCIAL)}/inbox/ "
-            f"(user {STAFF[SOCIAL][0]}, password {demo.password})\n"
-            "Security officers' console: "
-            f"https://localhost:{demo.procs['broker'].port}/konsol/ "
-            f"(certificate in {demo.layout.officer_dir(OFFICER)})\nCtrl-C stops everything."
-        )
-        with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
-            await asyncio.Event().wait()
+    console.print(
+        f"Web inbox of the stödsamordnare: {demo.adapter_url(SOCIAL)}/inbox/ "
+        f"(user {STAFF[SOCIAL][0]}, password {demo.password}); of the barnkontakt: "
+        f"{demo.adapter_url(VC)}/inbox/ (user {STAFF[VC][0]}, the same password)\n"
+        "Security officers' console: "
+        f"https://localhost:{demo.procs['broker'].port}/konsol/ "
+        f"(certificate in {demo.layout.officer_dir(OFFICER)})"
+    )
+    if not keep_running:
+        console.print("They stop now; run `backa demo --keep-running` to click through them.")
+        return True
+    console.print("Everything keeps running; Ctrl-C stops it.")
+    with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+        await asyncio.Event().wait()
     return True
