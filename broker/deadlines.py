@@ -100,6 +100,7 @@ from pydantic import (
 )
 
 from broker.errors import BrokerError
+from keys.policy import rule_location
 from schemas.content import Overdue
 from schemas.envelope import Kind
 from schemas.receipts import Answer, ReceiptStatus
@@ -438,29 +439,7 @@ def _problem(data: Mapping[str, Any], err: Mapping[str, Any]) -> str:
         message += f" (got {got!r})"
     if not loc:
         return message
-    return f"{_where(data, loc)}: {message}"
-
-
-def _where(data: Mapping[str, Any], loc: tuple[int | str, ...]) -> str:
-    """A location as a coordinator reads it, naming a rule by its index and its id."""
-    text = ""
-    for position, part in enumerate(loc):
-        if isinstance(part, int):
-            text += f"[{part}]"
-            if position == 1 and loc[0] == "rule":
-                text += f" (id {_rule_id(data, part)!r})"
-        else:
-            text += f".{part}" if text else str(part)
-    return text
-
-
-def _rule_id(data: Mapping[str, Any], index: int) -> str:
-    rules = data.get("rule")
-    if isinstance(rules, list) and index < len(rules) and isinstance(rules[index], dict):
-        rule_id = rules[index].get("id")
-        if isinstance(rule_id, str):
-            return rule_id
-    return "?"
+    return f"{rule_location(data, loc)}: {message}"
 
 
 # --- working days ----------------------------------------------------------------------------

@@ -152,11 +152,15 @@ def _problem(data: Mapping[str, Any], err: Mapping[str, Any]) -> str:
         message += f" (got {got!r})"
     if not loc:
         return message
-    return f"{_where(data, loc)}: {message}"
+    return f"{rule_location(data, loc)}: {message}"
 
 
-def _where(data: Mapping[str, Any], loc: tuple[int | str, ...]) -> str:
-    """A location as a reviewer reads it, naming a rule by its index and its id."""
+def rule_location(data: Mapping[str, Any], loc: tuple[int | str, ...]) -> str:
+    """A location in a rules file (``[[rule]]`` tables) as a person reads it.
+
+    Names a rule by its index and its id: ``rule[2] (id 'x').senders[0]``.
+    Shared by every rules file (the policy, the deadlines).
+    """
     text = ""
     for position, part in enumerate(loc):
         if isinstance(part, int):
