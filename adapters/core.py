@@ -182,7 +182,8 @@ def verify_notice(body: bytes, *, directory: Directory, now: datetime) -> Consen
     """Verify a consent notice's signed consent and revocation; raises ValueError if bad.
 
     The broker's word (``revoked_at`` in the notice) is not trusted: the time
-    comes from the revocation the revoking agency signed.
+    comes from the revocation the revoking agency signed, and never later than
+    ``now`` (a revocation takes effect at once).
     """
     try:
         notice = json.loads(body)
@@ -195,7 +196,9 @@ def verify_notice(body: bytes, *, directory: Directory, now: datetime) -> Consen
             )
             if revocation.consent_id != record.id:
                 raise ValueError("the revocation names another consent")
-            revoked_at = revocation.revoked_at
+            # Effective at once and forward only, as at the broker: a revocation dated
+            # in the future (a skewed clock) must not let messages through meanwhile.
+            revoked_at = min(revocation.revoked_at, now)
     except (KeyError, TypeError, ValidationError, InvalidSignedPayload) as exc:
         raise ValueError(f"consent notice refused: {type(exc).__name__}") from exc
     return ConsentNotice(state=ConsentState(record=record, revoked_at=revoked_at))

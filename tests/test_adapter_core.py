@@ -395,6 +395,15 @@ def test_a_notice_takes_the_revocation_time_the_revoker_signed() -> None:
     assert verify_notice(_notice(None), directory=DIRECTORY, now=T0).state.revoked_at is None
 
 
+def test_a_revocation_dated_in_the_future_takes_effect_at_once() -> None:
+    """A skewed revoker clock cannot keep a revoked consent alive until its date."""
+    later = T0 + timedelta(days=3)
+    notice = verify_notice(
+        _notice(SOCIAL, revoked_at=later), directory=DIRECTORY, now=T0 + timedelta(hours=2)
+    )
+    assert notice.state.revoked_at == T0 + timedelta(hours=2)
+
+
 @pytest.mark.parametrize(
     "body",
     [
