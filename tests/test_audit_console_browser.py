@@ -125,6 +125,8 @@ async def test_officer_sees_the_chain_verified(console: Console, officer_page: P
     await expect(page.get_by_role("status").last).to_contain_text(
         f"bygger vidare på checkpointen med storlek {SEEDED}"
     )
+    assert f"fran={SEEDED}" in page.url, "the consistency check is against the older size"
+    assert console.reader.officers() == {OFFICER}, "every read was logged under the officer"
 
 
 async def test_a_browser_without_a_certificate_is_refused_at_the_handshake(

@@ -241,5 +241,8 @@ async def test_the_senders_web_inbox_lists_its_late_referral(
         late = page.get_by_role("row").filter(has_text=message_id[:8])
         await expect(late).to_contain_text("Försenat")
         await expect(late).to_contain_text(BUP.agency)
+        gaps = await school.runtime.gaps()
+        assert gaps is not None, "the broker's gaps view was reachable over mTLS"
+        assert [(g.message_id, g.state) for g in gaps] == [(message_id, "late")]
     finally:
         await runner.cleanup()
