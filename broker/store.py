@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -688,6 +688,30 @@ async def append_audit(conn: AsyncConnection, entries: Sequence[AuditEntry]) -> 
     return indices
 
 
+def _deadline_row(
+    row: sa.RowMapping,
+    recipients: Iterable[str],
+    *,
+    members: Iterable[str] = (),
+    inviters: Iterable[str] = (),
+) -> DeadlineRow:
+    """A deadline row joined with its message's kind, sender and child."""
+    return DeadlineRow(
+        id=int(row["id"]),
+        message_id=row["message_id"],
+        rule=row["rule"],
+        agency=None if row["agency"] == MESSAGE_LEVEL else row["agency"],
+        due_at=row["due_at"],
+        attempts=int(row["attempts"]),
+        kind=row["kind"],
+        sender=row["sender"],
+        child=row["child"],
+        recipients=tuple(recipients),
+        members=tuple(members),
+        inviters=tuple(inviters),
+    )
+
+
 async def _team_of(conn: AsyncConnection, child: str) -> tuple[list[str], list[str]]:
     sent = (
         await conn.execute(
@@ -1201,20 +1225,7 @@ class SqlStore:
                         )
                     ).scalars()
                     members, inviters = await _team_of(conn, row["child"])
-                    due = DeadlineRow(
-                        id=int(row["id"]),
-                        message_id=row["message_id"],
-                        rule=row["rule"],
-                        agency=None if row["agency"] == MESSAGE_LEVEL else row["agency"],
-                        due_at=row["due_at"],
-                        attempts=int(row["attempts"]),
-                        kind=row["kind"],
-                        sender=row["sender"],
-                        child=row["child"],
-                        recipients=tuple(recipients),
-                        members=tuple(members),
-                        inviters=tuple(inviters),
-                    )
+                    due = _deadline_row(row, recipients, members=members, inviters=inviters)
                     try:
                         next_due, entries = await escalate(due)
                     except Exception as exc:  # carried past the store's boundary, below
@@ -1296,21 +1307,7 @@ class SqlStore:
                     .order_by(MESSAGE_RECIPIENTS.c.message_id, MESSAGE_RECIPIENTS.c.position)
                 ):
                     recipients.setdefault(message_id, []).append(agency)
-        return [
-            DeadlineRow(
-                id=int(row["id"]),
-                message_id=row["message_id"],
-                rule=row["rule"],
-                agency=None if row["agency"] == MESSAGE_LEVEL else row["agency"],
-                due_at=row["due_at"],
-                attempts=int(row["attempts"]),
-                kind=row["kind"],
-                sender=row["sender"],
-                child=row["child"],
-                recipients=tuple(recipients.get(row["message_id"], ())),
-            )
-            for row in rows
-        ]
+        return [_deadline_row(row, recipients.get(row["message_id"], ())) for row in rows]
 
     async def consents(self, *, child: str | None = None) -> list[ConsentRow]:
         """Every stored consent (of one child, if given), oldest registration first."""
