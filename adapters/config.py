@@ -22,10 +22,12 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from keys.errors import KeysError
+from keys.transport import AmqpUrlError, split_urls, with_credentials
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -93,6 +95,7 @@ class AdapterConfig(_Section):
     #: The adapter's own SQLite file.
     database: Path
     #: RabbitMQ, as this agency's user; the password comes from ``amqp_password_file``.
+    #: For a cluster, every node's URL separated by commas (the adapter fails over).
     amqp_url: str = "amqp://127.0.0.1:5672/backa"
     amqp_password_file: Path | None = None
     #: The broker's HTTPS API (e.g. https://localhost:8443), for the web inbox's late-matters
@@ -114,14 +117,21 @@ class AdapterConfig(_Section):
     handover: Handover = Handover()
     web: Web = Web()
 
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_urls(cls, value: str) -> str:
+        try:
+            split_urls(value)
+        except AmqpUrlError as exc:
+            raise ValueError(f"{exc} (one URL, or a cluster's nodes separated by commas)") from None
+        return value
+
     def amqp_url_with_password(self) -> str:
         """The AMQP URL with this agency's user and password filled in."""
         if self.amqp_password_file is None:
             return self.amqp_url
         password = self.amqp_password_file.read_text(encoding="ascii").strip()
-        scheme, rest = self.amqp_url.split("://", 1)
-        rest = rest.split("@", 1)[-1]
-        return f"{scheme}://{self.agency}:{password}@{rest}"
+        return with_credentials(self.amqp_url, self.agency, password)
 
     def passphrase(self) -> bytes | None:
         """The key passphrase from the environment, or None for dev keys."""

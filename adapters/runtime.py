@@ -66,6 +66,7 @@ from adapters.core import (
 )
 from adapters.ports import AnswerConflictError, Gap, UnknownMessageError
 from adapters.store import AdapterStore, AdapterStoreError, InboxRow
+from keys import transport
 from keys.directory import Directory
 from keys.envelope import (
     RecipientKeys,
@@ -249,7 +250,7 @@ class AdapterRuntime:
         attempts = 0
         while self._connection is None:
             try:
-                connection = await aio_pika.connect_robust(self.amqp_url, timeout=10)
+                connection = await transport.connect(self.amqp_url, connect_timeout=10)
             except CONNECT_ERRORS as exc:
                 delay = backoff(attempts).total_seconds()
                 attempts += 1

@@ -29,12 +29,13 @@ from collections.abc import Iterable
 from typing import ClassVar, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError, ChannelPreconditionFailed
 
 from broker.errors import Unavailable
 from broker.topology import EXCHANGES, queues
+from keys import transport
+from keys.transport import AmqpUrlError
 
 __all__ = [
     "BrokerAmqpError",
@@ -120,14 +121,17 @@ def _describe(exc: BaseException) -> str:
 async def connect(url: str, *, connect_timeout: float = 10.0) -> AbstractRobustConnection:
     """A robust connection to the RabbitMQ at ``url`` (it reconnects after a failure).
 
-    The first connection must succeed: if RabbitMQ is away at start-up, this
-    raises :class:`BrokerAmqpError` naming the URL without its password.
+    ``url`` may name several nodes of a cluster (:mod:`keys.transport`): the
+    connection goes to the first that answers and fails over to the others.
+    The first connection must succeed: if no node answers at start-up, this
+    raises :class:`BrokerAmqpError` naming the URLs without their passwords.
     """
     try:
-        return await aio_pika.connect_robust(url, timeout=connect_timeout)
-    except _AMQP_FAILURES as exc:
+        return await transport.connect(url, connect_timeout=connect_timeout)
+    except (*_AMQP_FAILURES, AmqpUrlError) as exc:
+        shown = ",".join(redact_url(u) for u in re.split(r"[,\s]+", url.strip()) if u)
         raise BrokerAmqpError(
-            f"cannot connect to RabbitMQ at {redact_url(url)}", detail=_describe(exc)
+            f"cannot connect to RabbitMQ at {shown}", detail=_describe(exc)
         ) from exc
 
 

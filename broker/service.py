@@ -46,7 +46,7 @@ from aio_pika.abc import (
 )
 
 from broker import receipts
-from broker.amqp import declare_topology
+from broker.amqp import connect, declare_topology
 from broker.audit.entry import refusal_entry
 from broker.metrics import Metrics
 from broker.pipeline import Ingress, Reject, Relay, Route, evaluate, is_message_id
@@ -139,7 +139,7 @@ class BrokerService:
 
     async def start(self) -> None:
         """Connect, declare the topology and start consuming."""
-        self._connection = await aio_pika.connect_robust(self.amqp_url)
+        self._connection = await connect(self.amqp_url)
         self._publisher = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
         )

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker.pipeline import DEFAULT_MAX_BYTES
+from keys.transport import AmqpUrlError, split_urls
 
 
 class BrokerSettings(BaseSettings):
@@ -20,7 +21,8 @@ class BrokerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BACKA_", extra="ignore", frozen=True)
 
-    #: RabbitMQ, as the broker's own user (``backa broker provision`` creates it).
+    #: RabbitMQ, as the broker's own user (``backa broker provision`` creates it); for a
+    #: cluster, every node's URL separated by commas (the broker fails over between them).
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     #: SQLite by default (one file, zero set-up); postgresql+asyncpg://… for production.
     database_url: SecretStr = SecretStr("sqlite+aiosqlite:///var/broker.db")
@@ -48,8 +50,12 @@ class BrokerSettings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_scheme(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().startswith(("amqp://", "amqps://")):
-            raise ValueError("BACKA_AMQP_URL must start with amqp:// or amqps://")
+        try:
+            split_urls(value.get_secret_value())
+        except AmqpUrlError as exc:
+            raise ValueError(
+                f"BACKA_AMQP_URL: {exc} (one URL, or a cluster's nodes separated by commas)"
+            ) from None
         return value
 
     @field_validator("database_url")
