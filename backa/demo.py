@@ -130,6 +130,7 @@ class Demo:
     """Everything the steps share."""
 
     workdir: Path
+    #: RabbitMQ's host:port, or a cluster's nodes as host:port separated by commas.
     amqp_host: str
     vhost: str
     console: Console
@@ -151,6 +152,13 @@ class Demo:
     def layout(self) -> AreaLayout:
         """Where each key and certificate is."""
         return AreaLayout(self.keys)
+
+    def amqp_setting(self, user: str = "", password: str = "") -> str:
+        """The AMQP URL setting of the area's vhost: one URL per node, commas between."""
+        credentials = f"{user}:{password}@" if user else ""
+        return ",".join(
+            f"amqp://{credentials}{host}/{self.vhost}" for host in self.amqp_host.split(",")
+        )
 
     def note(self, step: str, what: str, detail: str) -> None:
         """One line of the timeline."""
@@ -214,6 +222,16 @@ class Demo:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(proc.reader, timeout=5)
 
+    async def kill(self, name: str) -> None:
+        """SIGKILL one process (no chance to finish anything) and wait for it."""
+        proc = self.procs.pop(name)
+        if proc.process.returncode is None:
+            proc.process.kill()
+        await proc.process.wait()
+        if proc.reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(proc.reader, timeout=5)
+
     async def stop_all(self) -> None:
         """Stop every process the demo started, adapters first."""
         for name in [n for n in self.procs if n != "broker"] + (
@@ -236,15 +254,15 @@ class Demo:
             return response.status, await response.json()
 
     async def broker(
-        self, who: str, method: str, path: str, body: bytes | None = None
+        self, who: str, method: str, path: str, body: bytes | None = None, via: str = "broker"
     ) -> tuple[int, Any, str]:
-        """Call the broker's mTLS API with ``who``'s client certificate."""
+        """Call the broker process ``via``'s mTLS API with ``who``'s client certificate."""
         folder = self.layout.officer_dir(who) if who == OFFICER else self.layout.agency_dir(who)
         context = client_ssl_context(
             cert_file=folder / "client.crt", key_file=folder / "client.key",
             ca_file=self.layout.ca_cert, passphrase=None,
         )  # fmt: skip
-        url = f"https://localhost:{self.procs['broker'].port}{path}"
+        url = f"https://localhost:{self.procs[via].port}{path}"
         async with aiohttp.ClientSession() as session, session.request(
             method, url, data=body, ssl=context, headers={"Content-Type": "application/json"}
         ) as response:  # fmt: skip
@@ -325,14 +343,18 @@ def _form_value(html: str, name: str) -> str:
 # --- set-up ---------------------------------------------------------------------------------
 
 
-async def setup_area(demo: Demo) -> None:
-    """Keys for the demo area (development keys, said plainly) and RabbitMQ users."""
+async def setup_area(demo: Demo, runner: RabbitmqctlRunner | None = None) -> None:
+    """Keys for the demo area (development keys, said plainly) and RabbitMQ users.
+
+    ``runner`` runs ``rabbitmqctl`` against the RabbitMQ to provision (the local one
+    by default).
+    """
     # A fresh start every time: keys, databases and the vhost's queues of an
     # earlier run would otherwise carry its consents and messages into this one.
     if demo.workdir.exists():
         shutil.rmtree(demo.workdir)
     demo.workdir.mkdir(parents=True)
-    runner = RabbitmqctlRunner()
+    runner = runner or RabbitmqctlRunner()
     with contextlib.suppress(RabbitmqctlError):
         await asyncio.to_thread(runner.run, ["delete_vhost", demo.vhost])
     init_area(
@@ -346,53 +368,69 @@ async def setup_area(demo: Demo) -> None:
 
 async def start_processes(demo: Demo) -> None:
     """The broker, then one adapter per agency, each its own process."""
-    broker_password = password_file(demo.keys / "amqp", "backa-broker").read_text().strip()
-    await demo.spawn(
+    await start_broker(
+        demo,
         "broker",
+        f"sqlite+aiosqlite:///{demo.workdir / 'broker.db'}",
+        BACKA_DEMO_TIME_WARP_S=str(int(TIME_WARP.total_seconds())),
+    )
+    demo.note("set-up", "broker", f"https://localhost:{demo.procs['broker'].port} (mutual TLS)")
+    for agency in AGENCIES:
+        await start_adapter(demo, agency)
+        demo.note("set-up", f"adapter {agency}", demo.adapter_url(agency))
+
+
+async def start_broker(demo: Demo, name: str, database_url: str, **settings: str) -> Proc:
+    """Start one ``backa broker serve`` process (of several, on one database, if wanted)."""
+    broker_password = password_file(demo.keys / "amqp", "backa-broker").read_text().strip()
+    return await demo.spawn(
+        name,
         ["broker", "serve", "--allow-insecure-keys"],
         {
             "BACKA_AREA_DIR": str(demo.keys),
-            "BACKA_AMQP_URL": f"amqp://backa-broker:{broker_password}@{demo.amqp_host}/{demo.vhost}",
-            "BACKA_DATABASE_URL": f"sqlite+aiosqlite:///{demo.workdir / 'broker.db'}",
+            "BACKA_AMQP_URL": demo.amqp_setting("backa-broker", broker_password),
+            "BACKA_DATABASE_URL": database_url,
             "BACKA_HTTP_PORT": "0",
             "BACKA_POLICY_FILE": str(Path.cwd() / POLICY_FILE),
             "BACKA_DEADLINES_FILE": str(Path.cwd() / DEADLINES_FILE),
             "BACKA_WATCHDOG_INTERVAL_S": "1",
             "BACKA_CHECKPOINT_INTERVAL_S": "5",
-            "BACKA_DEMO_TIME_WARP_S": str(int(TIME_WARP.total_seconds())),
+            **settings,
         },
         "broker_serving",
     )
-    demo.note("set-up", "broker", f"https://localhost:{demo.procs['broker'].port} (mutual TLS)")
-    for agency in AGENCIES:
-        config = _adapter_config(demo, agency)
-        await demo.spawn(
+
+
+async def start_adapter(demo: Demo, agency: str, extra_config: str = "") -> Proc:
+    """Start ``agency``'s adapter process and wait until it is connected to RabbitMQ."""
+    config = _adapter_config(demo, agency, extra_config)
+    proc = await demo.spawn(
+        agency,
+        [
+            "adapter",
+            "run",
+            "--agency",
             agency,
-            [
-                "adapter",
-                "run",
-                "--agency",
-                agency,
-                "--config",
-                str(config),
-                "--allow-insecure-keys",
-            ],
-            {},
-            "adapter_serving",
-        )
+            "--config",
+            str(config),
+            "--allow-insecure-keys",
+        ],
+        {},
+        "adapter_serving",
+    )
 
-        async def connected(agency: str = agency) -> bool:
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(demo.adapter_url(agency) + "/healthz") as response,
-            ):
-                return bool((await response.json())["rabbitmq"] == "connected")
+    async def connected() -> bool:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(demo.adapter_url(agency) + "/healthz") as response,
+        ):
+            return bool((await response.json())["rabbitmq"] == "connected")
 
-        await demo.until(f"{agency}'s adapter connecting to RabbitMQ", connected)
-        demo.note("set-up", f"adapter {agency}", demo.adapter_url(agency))
+    await demo.until(f"{agency}'s adapter connecting to RabbitMQ", connected)
+    return proc
 
 
-def _adapter_config(demo: Demo, agency: str) -> Path:
+def _adapter_config(demo: Demo, agency: str, extra: str = "") -> Path:
     folder = demo.workdir / "adapters"
     folder.mkdir(parents=True, exist_ok=True)
     accounts = ""
@@ -406,7 +444,7 @@ def _adapter_config(demo: Demo, agency: str) -> Path:
 agency = "{agency}"
 area_dir = "{demo.keys}"
 database = "{folder / (agency + ".db")}"
-amqp_url = "amqp://{demo.amqp_host}/{demo.vhost}"
+amqp_url = "{demo.amqp_setting()}"
 amqp_password_file = "{password_file(demo.keys / "amqp", agency)}"
 policy_file = "{Path.cwd() / POLICY_FILE}"
 insecure_dev_keys = true
@@ -421,7 +459,8 @@ token_sha256 = "{token_digest(demo.token)}"
 [web]
 enabled = {"true" if accounts else "false"}
 session_secret_file = "{folder / (agency + ".session")}"
-{accounts}"""
+{accounts}
+{extra}"""
     path = folder / f"{agency}.toml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -654,9 +693,14 @@ async def _refusal(demo: Demo, message_id: str) -> str | None:
     return next((why for status, _by, why in events if status == "rejected" and why), None)
 
 
-async def step_audit(demo: Demo) -> str:
-    """7. The security officer verifies the audit log and pulls the child's log extract."""
-    status, _data, note = await demo.broker(OFFICER, "GET", "/v1/audit/checkpoint?fresh=1")
+async def verified_audit(demo: Demo, broker: str = "broker") -> list[dict[str, Any]]:
+    """The whole audit log as the officer exports it, verified against a fresh signed checkpoint.
+
+    Raises DemoStepError naming the first problem (a gap, a changed entry, a bad root).
+    """
+    status, _data, note = await demo.broker(
+        OFFICER, "GET", "/v1/audit/checkpoint?fresh=1", via=broker
+    )
     if status != HTTPStatus.OK:
         raise DemoStepError(f"the officer could not read a checkpoint ({status})")
     directory = load_directory(demo.keys)
@@ -672,16 +716,26 @@ async def step_audit(demo: Demo) -> str:
     )
     _origin, size, root = open_checkpoint(note, verifier)
     status, _data, export = await demo.broker(
-        OFFICER, "GET", f"/v1/audit/export?start=0&end={size}"
+        OFFICER, "GET", f"/v1/audit/export?start=0&end={size}", via=broker
     )
+    if status != HTTPStatus.OK:
+        raise DemoStepError(f"the officer could not export the audit log ({status})")
     report = verify_export(export.splitlines(), [SignedSize(size, root)])
     if not report.ok:
         raise DemoStepError(f"the audit log did not verify: {report.problem}")
+    return [json.loads(line) for line in export.splitlines() if line.strip()]
+
+
+async def step_audit(demo: Demo) -> str:
+    """7. The security officer verifies the audit log and pulls the child's log extract."""
+    size = len(await verified_audit(demo))
     demo.note("7 audit", "verified", f"{size} entries match the broker-signed checkpoint")
     child = _child(demo)
     status, page, _text = await demo.broker(
         OFFICER, "GET", f"/v1/audit/entries?child={child}&limit=500"
     )
+    if status != HTTPStatus.OK:
+        raise DemoStepError(f"the officer could not search the audit log ({status})")
     events = [e["entry"]["event"] for e in page["entries"]]
     demo.note(
         "7 audit",

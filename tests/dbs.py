@@ -14,6 +14,7 @@ Enable with ``pytest_plugins = ["tests.dbs"]`` in tests/conftest.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -82,6 +83,13 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'broker.db'}"
         return
+    async with fresh_postgres_database() as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres_database() -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database (its SQLAlchemy URL), dropped afterwards."""
     admin = _libpq_url(PG_URL)
     await _wait_for_postgres(admin)
     name = f"backa_test_{uuid.uuid4().hex}"
