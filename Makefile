@@ -13,7 +13,8 @@ STAMP := $(VENV)/.installed
 export BACKA_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export BACKA_TEST_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: demo test venv rabbitmq postgres services lint typecheck pytest bench schemas lock clean
+.PHONY: demo test venv rabbitmq postgres services lint typecheck pytest bench schemas lock clean \
+	cluster-up cluster-down cluster-test
 
 demo: venv rabbitmq
 	$(BIN)/backa demo
@@ -48,6 +49,18 @@ bench: venv
 	deploy/dev/ensure-rabbitmq.sh
 	$(BIN)/python -m bench.broker_hop
 	$(BIN)/python -m bench.audit
+
+# A three-node RabbitMQ cluster on this machine (deploy/cluster/README.md), and the
+# scale-out test on its own cluster with a longer stream than `make test` sends.
+cluster-up:
+	deploy/cluster/cluster.sh start
+
+cluster-down:
+	deploy/cluster/cluster.sh stop --purge
+
+CLUSTER_MESSAGES ?= 3000
+cluster-test: venv services
+	BACKA_CLUSTER_MESSAGES=$(CLUSTER_MESSAGES) deploy/dev/run-pytest.sh $(BIN)/pytest -s -m cluster $(PYTEST_ARGS)
 
 # Regenerate the exported JSON Schema after changing a model in schemas/.
 schemas: venv

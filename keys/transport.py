@@ -24,10 +24,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import aio_pika
+import structlog
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from aio_pika.robust_connection import RobustConnection
 from yarl import URL
+
+_log = structlog.get_logger("keys.transport")
 
 #: What separates the nodes' URLs in one setting.
 _SEPARATOR = re.compile(r"[,\s]+")
@@ -91,8 +94,10 @@ class FailoverConnection(RobustConnection):
             try:
                 await parent(self)
             except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+                _log.warning("rabbitmq_node_unavailable", node=self.node, cause=type(exc).__name__)
                 failure = exc
                 continue
+            _log.info("rabbitmq_node_connected", node=self.node)
             return
         if failure is not None:
             raise failure
