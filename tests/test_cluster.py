@@ -34,9 +34,11 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiohttp import web
 from rich.console import Console
+from sqlalchemy.engine import make_url
 
 from backa.demo import (
     POLICE,
@@ -230,6 +232,7 @@ async def _run(demo: Demo, cluster: Cluster, system: AgencySystem, database_url:
         )
 
     entries = await verified_audit(demo, "broker")
+    await _print_storage(database_url, len(sent))
     events = collections.Counter(str(e["entry"]["event"]) for e in entries)
     accepted = collections.Counter(
         str(e["entry"].get("message_id")) for e in entries if e["entry"]["event"] == "accepted"
@@ -245,7 +248,7 @@ async def _run(demo: Demo, cluster: Cluster, system: AgencySystem, database_url:
     assert set(system.handed_over) == set(sent), "every report handed over"
     assert duplicates == 0, "no report handed over twice"
     assert all(accepted[m] == 1 for m in sent), "each report's acceptance logged exactly once"
-    first, second = (f"127.0.0.1:{port}" for port in cluster.ports[:2])
+    first = f"127.0.0.1:{cluster.ports[0]}"
     for name in ("broker", POLICE, SOCIAL):
         nodes = [
             line["node"]
@@ -253,7 +256,7 @@ async def _run(demo: Demo, cluster: Cluster, system: AgencySystem, database_url:
             if line.get("event") == "rabbitmq_node_connected"
         ]
         assert nodes[0] == first, f"{name} first connected to node 1"
-        assert second in nodes[1:], f"{name} failed over to node 2 when node 1 stopped"
+        assert any(node != first for node in nodes[1:]), f"{name} failed over from node 1"
 
 
 def _trouble(demo: Demo) -> str:
@@ -265,3 +268,22 @@ def _trouble(demo: Demo) -> str:
         if line.get("level") in ("warning", "error", "critical")
     ]
     return "\n".join(lines[-60:])
+
+
+async def _print_storage(database_url: str, messages: int) -> None:
+    """What the broker's PostgreSQL holds per message, table by table (for docs/SCALING.md)."""
+    url = make_url(database_url).set(drivername="postgresql")
+    connection = await asyncpg.connect(url.render_as_string(hide_password=False))
+    try:
+        await connection.execute("ANALYZE")
+        rows = await connection.fetch(
+            "SELECT relname, n_live_tup, pg_total_relation_size(relid) AS bytes "
+            "FROM pg_stat_user_tables ORDER BY bytes DESC"
+        )
+    finally:
+        await connection.close()
+    total = sum(int(r["bytes"]) for r in rows)
+    tables = ", ".join(
+        f"{r['relname']} {r['n_live_tup']} rows {int(r['bytes']) // 1024} KiB" for r in rows
+    )
+    print(f"PostgreSQL: {total / messages:.0f} bytes per message in all; {tables}")  # noqa: T201
