@@ -14,7 +14,7 @@ export BACKA_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export BACKA_TEST_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
 .PHONY: demo test venv rabbitmq postgres services lint typecheck pytest bench schemas lock clean \
-	cluster-up cluster-down cluster-test
+	cluster-up cluster-down cluster-test faults
 
 demo: venv rabbitmq
 	$(BIN)/backa demo
@@ -61,6 +61,11 @@ cluster-down:
 CLUSTER_MESSAGES ?= 3000
 cluster-test: venv services
 	BACKA_CLUSTER_MESSAGES=$(CLUSTER_MESSAGES) deploy/dev/run-pytest.sh $(BIN)/pytest -s -m cluster $(PYTEST_ARGS)
+
+# The fault tests (tests/test_faults.py) with a long stream; `make test` sends 200 a test.
+FAULT_MESSAGES ?= 5000
+faults: venv services
+	BACKA_FAULT_MESSAGES=$(FAULT_MESSAGES) deploy/dev/run-pytest.sh $(BIN)/pytest -s tests/test_faults.py $(PYTEST_ARGS)
 
 # Regenerate the exported JSON Schema after changing a model in schemas/.
 schemas: venv

@@ -77,6 +77,7 @@ from keys.envelope import (
     signature_input,
 )
 from keys.errors import InvalidEnvelope, PersonnummerError
+from keys.failpoints import failpoint
 from keys.personnummer import parse_identity_number
 from keys.policy import ChildFacts, ConsentState
 from keys.pseudonym import PseudonymKey, child_pseudonym
@@ -483,6 +484,7 @@ class AdapterRuntime:
                 receipt=(_receipt_row(receipt)),
                 now=now,
             )
+            failpoint("adapter.after_store")
             if not stored:
                 _log.info("duplicate_suppressed", sender=header.sender.agency)
                 return

@@ -32,6 +32,7 @@ Development keys and a fictitious child only: never real data.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -123,6 +124,9 @@ class Proc:
     port: int
     lines: list[dict[str, Any]] = field(default_factory=list)
     reader: asyncio.Task[None] | None = None
+    #: Every log event by name, all of them (``lines`` keeps the first MAX_LOG_LINES);
+    #: ``name:redelivered`` counts those that say a message came again.
+    events: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 @dataclass
@@ -142,6 +146,8 @@ class Demo:
     pseudonym_key: PseudonymKey | None = None
     broker_id: str = "broker"
     rows: list[tuple[str, str, str]] = field(default_factory=list)
+    #: Processes that were stopped, were killed or died, with their log lines.
+    finished: list[Proc] = field(default_factory=list)
 
     @property
     def keys(self) -> Path:
@@ -176,6 +182,7 @@ class Demo:
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         lines: list[dict[str, Any]] = []
+        events: collections.Counter[str] = collections.Counter()
         found: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         async def read() -> None:
@@ -191,6 +198,9 @@ class Demo:
                     record = {"event": str(record)}
                 if len(lines) < MAX_LOG_LINES:
                     lines.append(record)
+                events[str(record.get("event"))] += 1
+                if record.get("redelivered") is True:
+                    events[f"{record.get('event')}:redelivered"] += 1
                 if record.get("event") == ready and not found.done():
                     found.set_result(int(record.get("port") or record.get("http_port") or 0))
             if not found.done():
@@ -204,13 +214,14 @@ class Demo:
         except TimeoutError:
             process.kill()
             raise DemoStepError(f"{name} did not start within {self.wait_s:.0f} s") from None
-        proc = Proc(name, process, port, lines, reader)
+        proc = Proc(name, process, port, lines, reader, events)
         self.procs[name] = proc
         return proc
 
     async def stop(self, name: str) -> None:
         """SIGTERM one process and wait for it (it drains and exits 0)."""
         proc = self.procs.pop(name)
+        self.finished.append(proc)
         if proc.process.returncode is None:
             proc.process.send_signal(signal.SIGTERM)
             try:
@@ -225,6 +236,7 @@ class Demo:
     async def kill(self, name: str) -> None:
         """SIGKILL one process (no chance to finish anything) and wait for it."""
         proc = self.procs.pop(name)
+        self.finished.append(proc)
         if proc.process.returncode is None:
             proc.process.kill()
         await proc.process.wait()
@@ -401,8 +413,13 @@ async def start_broker(demo: Demo, name: str, database_url: str, **settings: str
     )
 
 
-async def start_adapter(demo: Demo, agency: str, extra_config: str = "") -> Proc:
-    """Start ``agency``'s adapter process and wait until it is connected to RabbitMQ."""
+async def start_adapter(
+    demo: Demo, agency: str, extra_config: str = "", env: dict[str, str] | None = None
+) -> Proc:
+    """Start ``agency``'s adapter process and wait until it is connected to RabbitMQ.
+
+    ``extra_config`` is appended to its configuration file; ``env`` adds to its environment.
+    """
     config = _adapter_config(demo, agency, extra_config)
     proc = await demo.spawn(
         agency,
@@ -415,7 +432,7 @@ async def start_adapter(demo: Demo, agency: str, extra_config: str = "") -> Proc
             str(config),
             "--allow-insecure-keys",
         ],
-        {},
+        env or {},
         "adapter_serving",
     )
 

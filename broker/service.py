@@ -67,6 +67,7 @@ from broker.topology import (
 )
 from keys.directory import Directory
 from keys.envelope import SenderKey
+from keys.failpoints import failpoint
 from keys.replay import DEFAULT_WINDOW, ClockWindow
 from schemas.envelope import ProtectedHeader
 from schemas.reasons import ReasonCode
@@ -270,6 +271,7 @@ class BrokerService:
             return
         with suppress(*TRANSIENT):
             if action is Action.ACK:
+                failpoint("broker.before_ack")
                 await message.ack()
             else:
                 await message.nack(requeue=True)
@@ -309,6 +311,7 @@ class BrokerService:
         )
         accepted = self._broker_event(header.id, None, "accepted", now)
         recorded = await self.store.record_decision(record, [accepted])
+        failpoint("broker.after_record")
         stored = recorded.record
         summary_extra: dict[str, object] = {"message_id": header.id, "sender": header.sender.agency}
         if not recorded.created and stored.digest != record.digest:
@@ -339,6 +342,7 @@ class BrokerService:
             await asyncio.gather(
                 *(self._publish_envelope(route, agency) for agency in stored.recipients)
             )
+            failpoint("broker.after_route")
             await self.store.mark_routed(header.id, now)
         await self._send_receipt(
             stored.sender,

@@ -25,6 +25,11 @@ class TcpProxy:
     _writers: set[asyncio.StreamWriter] = field(default_factory=set, init=False)
     _pipes: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
+    @property
+    def open_connections(self) -> int:
+        """Connections through the proxy now."""
+        return len(self._writers) // 2
+
     async def start(self) -> TcpProxy:
         """Start listening (on the same port again after ``close``)."""
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -54,6 +59,7 @@ class TcpProxy:
                 sink.write(data)
                 await sink.drain()
         sink.close()
+        self._writers.discard(sink)
 
     async def cut(self) -> None:
         """Close every connection through the proxy, both ways, now."""

@@ -22,43 +22,28 @@ runs a longer one than ``make test``).
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import functools
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 
 import asyncpg
 import pytest
-from aiohttp import web
 from rich.console import Console
 from sqlalchemy.engine import make_url
 
-from backa.demo import (
-    POLICE,
-    SOCIAL,
-    Demo,
-    _example,
-    setup_area,
-    start_adapter,
-    start_broker,
-    verified_audit,
-)
+from backa.demo import POLICE, SOCIAL, Demo, setup_area, start_adapter, start_broker
 from broker.provision import RabbitmqctlRunner
 from tests.dbs import fresh_postgres_database
+from tests.process_area import AgencySystem, agency_system, check_outcome, send_stream
 
 pytestmark = [pytest.mark.cluster, pytest.mark.rabbitmq, pytest.mark.postgres]
 
 SCRIPT = Path("deploy/cluster/cluster.sh").resolve()
 MESSAGES = int(os.environ.get("BACKA_CLUSTER_MESSAGES", "240"))
-#: Reports in flight at once from the police's system.
-CONCURRENCY = 8
 #: How long everything may take to arrive after the last report was sent.
 SETTLE_S = 240.0
 
@@ -124,45 +109,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         )
 
 
-@dataclass
-class AgencySystem:
-    """Social services' case system: takes each webhook hand-over and counts it by message id."""
-
-    handed_over: collections.Counter[str]
-    changed: asyncio.Event
-    url: str
-
-
 @pytest.fixture
 async def case_system() -> AsyncIterator[AgencySystem]:
-    counts: collections.Counter[str] = collections.Counter()
-    changed = asyncio.Event()
-
-    async def hook(request: web.Request) -> web.Response:
-        await request.json()
-        counts[request.headers["Idempotency-Key"]] += 1
-        changed.set()
-        return web.Response(status=HTTPStatus.NO_CONTENT)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield AgencySystem(counts, changed, f"http://127.0.0.1:{port}/hook")
-    finally:
-        await runner.cleanup()
-
-
-async def _send(demo: Demo, sent: list[str]) -> None:
-    status, body = await demo.api(
-        POLICE, "POST", "/v1/messages", _example("police-concern_report.json")
-    )
-    assert status == HTTPStatus.ACCEPTED, body
-    sent.append(str(body["message_id"]))
+    async with agency_system() as system:
+        yield system
 
 
 async def test_a_stream_survives_a_rabbitmq_node_and_a_broker_instance_dying(
@@ -186,68 +136,19 @@ async def _run(demo: Demo, cluster: Cluster, system: AgencySystem, database_url:
     await setup_area(demo, cluster.rabbitmqctl(1))
     await start_broker(demo, "broker", database_url)
     await start_broker(demo, "broker-2", database_url)
-    webhook = f'[handover]\nmode = "webhook"\nwebhook_url = "{system.url}"\n'
-    await start_adapter(demo, SOCIAL, webhook)
+    await start_adapter(demo, SOCIAL, system.webhook_config)
     await start_adapter(demo, POLICE)
 
-    sent: list[str] = []
-    pending: set[asyncio.Task[None]] = set()
-    faults_at = MESSAGES // 3
-    node_stop: asyncio.Task[object] | None = None
+    async def node_and_broker_die() -> None:
+        # The first node in every list: every process is connected to it.
+        stop = asyncio.create_task(asyncio.to_thread(cluster.run, "stop-node", "1"))
+        await demo.kill("broker-2")
+        await stop
+
     started = time.monotonic()
-    for number in range(MESSAGES):
-        if number == faults_at:
-            # The first node in every list: every process is connected to it.
-            node_stop = asyncio.create_task(asyncio.to_thread(cluster.run, "stop-node", "1"))
-            await demo.kill("broker-2")
-        task = asyncio.create_task(_send(demo, sent))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-        if len(pending) >= CONCURRENCY:
-            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-    await asyncio.gather(*pending)
-    assert node_stop is not None
-    await node_stop
-    sending_s = time.monotonic() - started
-
-    async def all_handed_over() -> None:
-        while set(system.handed_over) != set(sent):
-            system.changed.clear()
-            await system.changed.wait()
-
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(all_handed_over(), SETTLE_S)
-    arrived_s = time.monotonic() - started
-
-    missing = set(sent) - set(system.handed_over)
-    assert not missing, f"{len(missing)} of {len(sent)} never handed over; {_trouble(demo)}"
-
-    async def delivered(message_id: str) -> bool:
-        events = await demo.timeline(POLICE, message_id)
-        return ("delivered", SOCIAL, None) in events
-
-    for message_id in sent:
-        await demo.until(
-            f"the police seeing {message_id} delivered", functools.partial(delivered, message_id)
-        )
-
-    entries = await verified_audit(demo, "broker")
+    sent = await send_stream(demo, MESSAGES, {MESSAGES // 3: node_and_broker_die})
+    await check_outcome(demo, system, sent, started=started, settle_s=SETTLE_S, label="cluster")
     await _print_storage(database_url, len(sent))
-    events = collections.Counter(str(e["entry"]["event"]) for e in entries)
-    accepted = collections.Counter(
-        str(e["entry"].get("message_id")) for e in entries if e["entry"]["event"] == "accepted"
-    )
-    duplicates = sum(count - 1 for count in system.handed_over.values())
-    print(  # noqa: T201 - the counts the issue asks to see
-        f"sent {len(sent)}, handed over {len(system.handed_over)}, "
-        f"duplicate hand-overs {duplicates}, lost {len(set(sent) - set(system.handed_over))}; "
-        f"sending took {sending_s:.1f} s, all arrived after {arrived_s:.1f} s; "
-        f"audit entries {len(entries)} verified: {dict(events)}"
-    )
-    assert len(sent) == MESSAGES == len(set(sent))
-    assert set(system.handed_over) == set(sent), "every report handed over"
-    assert duplicates == 0, "no report handed over twice"
-    assert all(accepted[m] == 1 for m in sent), "each report's acceptance logged exactly once"
     first = f"127.0.0.1:{cluster.ports[0]}"
     for name in ("broker", POLICE, SOCIAL):
         nodes = [
@@ -257,17 +158,6 @@ async def _run(demo: Demo, cluster: Cluster, system: AgencySystem, database_url:
         ]
         assert nodes[0] == first, f"{name} first connected to node 1"
         assert any(node != first for node in nodes[1:]), f"{name} failed over from node 1"
-
-
-def _trouble(demo: Demo) -> str:
-    """The processes' warnings and errors so far (what to read when the test fails)."""
-    lines = [
-        f"{name}: {line.get('event')} { ({k: v for k, v in line.items() if k not in ('event', 'timestamp')}) }"
-        for name, proc in demo.procs.items()
-        for line in proc.lines
-        if line.get("level") in ("warning", "error", "critical")
-    ]
-    return "\n".join(lines[-60:])
 
 
 async def _print_storage(database_url: str, messages: int) -> None:
