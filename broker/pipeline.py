@@ -35,7 +35,7 @@ from keys.envelope import Verified, verify
 from keys.errors import InvalidEnvelope, ReplayRefused
 from keys.replay import ClockWindow, check_window
 from keys.signed import InvalidSignedPayload, verify_receipt
-from schemas.directory import AgencyType
+from schemas.directory import AgencyType, DirectoryEntry
 from schemas.envelope import ProtectedHeader
 from schemas.reasons import RECIPIENT_REJECT_REASONS, ReasonCode
 from schemas.receipts import Receipt, ReceiptStatus, SignedReceipt
@@ -159,7 +159,8 @@ def evaluate(  # noqa: PLR0911 - one early return per check reads as the pipelin
         kind = directory.agency_type(recipient.agency)
         if kind is None or kind is AgencyType.BROKER:
             return refuse(ReasonCode.UNKNOWN_RECIPIENT, f"recipient {recipient.agency}")
-        if directory.entry(recipient.agency, recipient.kid) is None:
+        entry = directory.entry(recipient.agency, recipient.kid)
+        if not _sealable(entry, created=header.created, now=now):
             return refuse(ReasonCode.RECIPIENT_KEY_UNKNOWN, f"recipient key {recipient.kid}")
     decision = policy.decide(header, directory=directory, now=now)
     if not decision.allowed:
@@ -197,9 +198,30 @@ def _parse_reason(body: bytes, detail: str) -> ReasonCode:
         return ReasonCode.ENVELOPE_INVALID
     try:
         json.loads(body)
+    except RecursionError:
+        # Nested deeper than Python's parser goes (pydantic gave up at 200 levels): no
+        # envelope or receipt nests more than a few, so it is not of the schema, and
+        # refusing it must not fail the consumer into a poison message.
+        return ReasonCode.SCHEMA_INVALID
     except ValueError:
         return ReasonCode.BAD_JSON
     return ReasonCode.SCHEMA_INVALID
+
+
+def _sealable(entry: DirectoryEntry | None, *, created: datetime, now: datetime) -> bool:
+    """True if a message created at ``created`` may be sealed to this key and opened at ``now``.
+
+    PROTOCOL.md §3: a key seals new messages from ``valid_from`` until ``seal_until``
+    and opens them until ``open_until``; one revoked by a rotation without overlap
+    does neither, so a message sealed to it is refused, not routed.
+    """
+    if entry is None or entry.encryption_key is None:
+        return False
+    if created < entry.valid_from:
+        return False
+    if entry.seal_until is not None and not created < entry.seal_until:
+        return False
+    return entry.open_until is None or now < entry.open_until
 
 
 def _is_agency(directory: Directory, agency: str | None) -> bool:
