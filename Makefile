@@ -14,7 +14,7 @@ export BACKA_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export BACKA_TEST_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
 .PHONY: demo test venv rabbitmq postgres services lint typecheck pytest bench schemas lock clean \
-	cluster-up cluster-down cluster-test faults
+	cluster-up cluster-down cluster-test faults fuzz
 
 demo: venv rabbitmq
 	$(BIN)/backa demo
@@ -66,6 +66,12 @@ cluster-test: venv services
 FAULT_MESSAGES ?= 5000
 faults: venv services
 	BACKA_FAULT_MESSAGES=$(FAULT_MESSAGES) deploy/dev/run-pytest.sh $(BIN)/pytest -s tests/test_faults.py $(PYTEST_ARGS)
+
+# Fuzzing from the OpenAPI document (schemathesis, against a live broker) and of the
+# envelope parser and every mapping (hypothesis); `make test` runs a few examples each.
+FUZZ_EXAMPLES ?= 1000
+fuzz: venv rabbitmq
+	BACKA_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) deploy/dev/run-pytest.sh $(BIN)/pytest tests/test_fuzz_openapi.py tests/test_fuzz_parsers.py $(PYTEST_ARGS)
 
 # Regenerate the exported JSON Schema after changing a model in schemas/.
 schemas: venv

@@ -14,7 +14,9 @@ Routes (bearer token per agency system, ``systems`` in the config):
 
 Handlers are thin: parse, call the mapping and the runtime, map the result.
 Errors are JSON ``{"error": code, "message": sentence}``; nothing submitted is
-ever echoed in an error or a log line.
+ever echoed in an error or a log line. A body over :data:`MAX_BODY_BYTES` is
+``413 too_large``; one that is not JSON, or nests deeper than :data:`MAX_NESTING`
+levels, is a ``422`` naming ``$``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ SYSTEM: Final = web.RequestKey[str]("agency_system")
 #: Largest request body: the envelope limit with room for a format's overhead.
 MAX_BODY_BYTES: Final = 2_000_000
 MAX_IDEMPOTENCY_KEY: Final = 200
+#: Deepest nesting of objects and arrays a submission may have; the agency formats need
+#: about ten levels. Deeper documents would exhaust the stack of the recursive code
+#: (json, pydantic) that validates them, so they are refused before any mapping runs.
+MAX_NESTING: Final = 64
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,7 +60,9 @@ def _error(status: int, code: str, message: str, **headers: str) -> web.Response
 
 
 @web.middleware
-async def _bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _bearer(  # noqa: PLR0911 - one return per mapped error, all mapped in this one place
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
     if not request.path.startswith("/v1/"):
         return await handler(request)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -76,6 +84,41 @@ async def _bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(409, "answer_conflict", str(exc))
     except AdapterStoreError:
         return _error(503, "store_unavailable", "the adapter's database is unavailable; retry")
+    except web.HTTPRequestEntityTooLarge:
+        # aiohttp's own 413 is plain text; the agency system gets the documented JSON error.
+        return _error(413, "too_large", f"the body is larger than {MAX_BODY_BYTES} bytes")
+
+
+def _containers(node: object) -> list[object]:
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+    return [child for child in children if isinstance(child, dict | list)]
+
+
+def _nested_too_deeply(document: object) -> bool:
+    """Whether ``document`` nests objects and arrays deeper than :data:`MAX_NESTING`.
+
+    Walked level by level, not recursively: it must not fail the way it guards against.
+    """
+    level: list[object] = [document] if isinstance(document, dict | list) else []
+    for _ in range(MAX_NESTING):
+        level = [child for node in level for child in _containers(node)]
+    return bool(level)
+
+
+def _document(body: bytes) -> object:
+    """The JSON document of a submission; InvalidSubmission naming ``$`` if there is none."""
+    too_deep = f"nests objects and arrays deeper than {MAX_NESTING} levels"
+    try:
+        document = json.loads(body)
+    except ValueError:
+        problem = "the body is not valid JSON"
+    except RecursionError:  # json.loads recurses once per level: the stack ran out first
+        problem = too_deep
+    else:
+        if not _nested_too_deeply(document):
+            return document
+        problem = too_deep
+    raise InvalidSubmission([FieldProblem("$", problem)])
 
 
 def _problems(request: web.Request, problems: list[FieldProblem]) -> web.Response:
@@ -95,12 +138,9 @@ async def submit(request: web.Request) -> web.StreamResponse:
             ],
         )
     body = await request.read()
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return _problems(request, [FieldProblem("$", "the body is not valid JSON")])
     runtime = request.app[RUNTIME]
     try:
+        document = _document(body)
         submission = request.app[MAPPING].parse(document, today=request.app[CLOCK]().date())
         message_id, created = await runtime.submit(submission, idempotency_key=key, request=body)
     except InvalidSubmission as exc:

@@ -12,6 +12,7 @@ the decision is audited.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -29,6 +30,9 @@ from schemas.audit import HandledReason
 STORE: Final = web.AppKey[SqlStore]("gaps_store")
 #: The widest look ahead a caller may ask for.
 MAX_WITHIN_HOURS: Final = 24 * 30
+#: ASCII digits only, and few enough for a 64-bit column: ``str.isdigit`` also takes "²",
+#: which ``int`` refuses, and a longer number overflows the database driver.
+_WHOLE_NUMBER: Final = re.compile(r"^[0-9]{1,18}$")
 
 
 class HandledBody(BaseModel):
@@ -73,7 +77,7 @@ async def _gaps(request: web.Request) -> web.Response:
     if not (_sees_area(peer) or (peer.role is Role.ADAPTER and peer.agency)):
         raise Forbidden("only adapters, operators and security officers see gaps")
     raw = request.query.get("within_hours", "24")
-    if not raw.isdigit() or not 0 <= int(raw) <= MAX_WITHIN_HOURS:
+    if not _WHOLE_NUMBER.fullmatch(raw) or not 0 <= int(raw) <= MAX_WITHIN_HOURS:
         raise BadRequest(f"within_hours must be a whole number from 0 to {MAX_WITHIN_HOURS}")
     now = request.app[CLOCK]()
     horizon = now + timedelta(hours=int(raw))
@@ -88,7 +92,7 @@ async def _gaps(request: web.Request) -> web.Response:
 async def _handled(request: web.Request) -> web.Response:
     peer = request[PEER]
     raw_id = request.match_info["id"]
-    if not raw_id.isdigit():
+    if not _WHOLE_NUMBER.fullmatch(raw_id):
         raise NotFound()
     store = request.app[STORE]
     matter = await store.deadline(int(raw_id))

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final, TypeVar
 
 import structlog
@@ -191,13 +191,17 @@ def _choice(request: web.Request, name: str, kind: type[_Enum]) -> _Enum | None:
 
 
 def _parse_time(value: str) -> datetime | None:
-    """An ISO 8601 time with its offset (``Z`` allowed), or None if it is not one."""
+    """An ISO 8601 time with its offset (``Z`` allowed), or None if it is not one in UTC."""
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         return None  # a naive time means a different instant on every server
+    try:
+        parsed.astimezone(UTC)  # the log stores UTC: 0001-01-01T00:00+14:00 has no UTC time
+    except OverflowError:
+        return None
     return parsed
 
 
