@@ -226,6 +226,17 @@ async def test_bad_form_input_is_400_with_the_error_beside_the_field(served: Ser
     assert served.reader.calls == []
 
 
+@pytest.mark.parametrize("query", ["fran=0001-01-01", "till=9999-12-31"])
+async def test_a_date_at_the_edge_of_the_calendar_is_a_field_error_not_a_crash(
+    served: Served, query: str
+) -> None:
+    """Found by fuzzing: these days have no start in UTC, or no day after them."""
+    page = await served.get(f"/konsol/?{query}")
+    assert page.status == 400
+    assert "Ange ett datum mellan år 1900 och 9998." in page.text
+    assert served.reader.calls == []
+
+
 async def test_content_from_the_log_is_escaped(served: Served) -> None:
     """Markup in a logged field is shown as text in the table and the detail page."""
     for path in ("/konsol/?typ=team_invitation", "/konsol/post/5"):

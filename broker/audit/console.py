@@ -374,6 +374,11 @@ class _SearchForm:
         return any(name in self.values for name in (*_SEARCH_FIELDS, "efter"))
 
 
+#: The years a search may name (the log began in this century; the console is in use before 9999).
+FIRST_YEAR: Final = 1900
+LAST_YEAR: Final = 9998
+
+
 def _start_of(day: date, tz: tzinfo) -> datetime:
     return datetime.combine(day, time.min, tzinfo=tz)
 
@@ -394,10 +399,15 @@ def _date_field(values: Mapping[str, str], name: str, errors: dict[str, str]) ->
     if not values.get(name):
         return None
     try:
-        return date.fromisoformat(values[name])
+        day = date.fromisoformat(values[name])
     except ValueError:
         errors[name] = "Ange datumet som ÅÅÅÅ-MM-DD."
         return None
+    if not FIRST_YEAR <= day.year <= LAST_YEAR:
+        # Outside these years the day's start in UTC (or the day after) does not exist.
+        errors[name] = f"Ange ett datum mellan år {FIRST_YEAR} och {LAST_YEAR}."
+        return None
+    return day
 
 
 def _pattern_field(
