@@ -133,6 +133,8 @@ class BrokerService:
     _inflight: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     _stopping: bool = field(default=False, init=False)
     _depth_task: asyncio.Task[None] | None = field(default=None, init=False)
+    _renew_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+    _renewed_at: float = field(default=0.0, init=False)
     #: Opens and closes deadlines from what is recorded (broker.watchdog), if watching.
     watchdog: DeadlineHooks | None = None
     #: Called with each notice on the control exchange (consent changes from any instance).
@@ -256,7 +258,14 @@ class BrokerService:
             except TRANSIENT as exc:
                 if self._stopping or _channel_gone(message):
                     return Action.ABANDON, ("unknown", "abandoned", {"cause": type(exc).__name__})
-                _log.warning("transient_failure", cause=type(exc).__name__, retry_in_s=delay)
+                _log.warning(
+                    "transient_failure",
+                    cause=type(exc).__name__,
+                    detail=_frame_name(exc),
+                    retry_in_s=delay,
+                )
+                if isinstance(exc, aio_pika.exceptions.DeliveryError):
+                    await self._renew_publisher()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             except Exception:  # noqa: BLE001 - a bug: requeue so the delivery limit catches it
@@ -264,6 +273,34 @@ class BrokerService:
                 return Action.REQUEUE, ("unknown", "failed", {})
             else:
                 return Action.ACK, summary
+
+    async def _renew_publisher(self) -> None:
+        """Publish on a new channel from now on (after RabbitMQ refused a publish).
+
+        After a cluster node stopped, RabbitMQ 3.10 was seen (tests/test_cluster.py)
+        to refuse publishes on the broker's channel for minutes on end, long after
+        the quorum queues had new leaders; a channel keeps per-queue state of its
+        own, so a refused publish gets a new channel for every later one.
+        """
+        async with self._renew_lock:
+            if time.monotonic() - self._renewed_at < 1.0 or self._connection is None:
+                return  # another task renewed it just now
+            old = self._publisher
+            publisher = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            self._deliver = await publisher.declare_exchange(
+                DELIVER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+            )
+            self._control = await publisher.declare_exchange(
+                CONTROL_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+            )
+            self._publisher = publisher
+            self._renewed_at = time.monotonic()
+            _log.warning("publisher_channel_renewed")
+            if old is not None:
+                with suppress(*TRANSIENT, RuntimeError):
+                    await old.close()
 
     async def _settle(self, message: AbstractIncomingMessage, action: Action) -> None:
         """The one place where an ingress or dead-letter message is acked or nacked."""
@@ -696,3 +733,12 @@ def _death_queue(message: AbstractIncomingMessage) -> str | None:
         return queue if isinstance(queue, str) else None
     first = (message.headers or {}).get("x-first-death-queue")
     return first if isinstance(first, str) else None
+
+
+def _frame_name(exc: BaseException) -> str:
+    """What RabbitMQ answered a refused publish with (Basic.Nack, Basic.Return …), else ''."""
+    frame = getattr(exc, "frame", None)
+    if frame is None:
+        return ""
+    text = getattr(frame, "reply_text", None)
+    return f"{type(frame).__name__}{f': {text}' if text else ''}"

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -38,7 +40,13 @@ from sqlalchemy.engine import make_url
 from backa.demo import POLICE, SOCIAL, Demo, setup_area, start_adapter, start_broker
 from broker.provision import RabbitmqctlRunner
 from tests.dbs import fresh_postgres_database
-from tests.process_area import AgencySystem, agency_system, check_outcome, send_stream
+from tests.process_area import (
+    AgencySystem,
+    agency_system,
+    check_outcome,
+    log_count,
+    send_stream,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.rabbitmq, pytest.mark.postgres]
 
@@ -85,12 +93,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Three RabbitMQ nodes of this test's own, stopped and deleted afterwards."""
     if shutil.which("rabbitmq-server") is None and not Path("/usr/sbin/rabbitmq-server").exists():
         pytest.skip("rabbitmq-server is not installed here: no cluster can be started")
-    base = 5700
+    # A name and ports of this run's own: a cluster some earlier run left behind
+    # (or another checkout's) cannot be mistaken for this one.
+    base = _free_base()
     cluster = Cluster(
         env={
             "BACKA_CLUSTER_DIR": str(tmp_path_factory.mktemp("cluster")),
             "BACKA_CLUSTER_BASE_PORT": str(base),
-            "BACKA_CLUSTER_NAME": "backaci",
+            "BACKA_CLUSTER_NAME": f"backaci{secrets.token_hex(3)}n",
         },
         ports=(base + 1, base + 2, base + 3),
     )
@@ -107,6 +117,25 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             timeout=300,
             check=False,
         )
+
+
+def _free_base() -> int:
+    """A port base whose three AMQP and three distribution ports are all free now."""
+    for _ in range(50):
+        base = 6000 + 10 * secrets.randbelow(300)
+        ports = [base + n for n in (1, 2, 3)] + [base + n + 20000 for n in (1, 2, 3)]
+        if all(_free(port) for port in ports):
+            return base
+    pytest.fail("no free ports for a three-node cluster between 6000 and 9000")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @pytest.fixture
@@ -149,6 +178,10 @@ async def _run(demo: Demo, cluster: Cluster, system: AgencySystem, database_url:
     sent = await send_stream(demo, MESSAGES, {MESSAGES // 3: node_and_broker_die})
     await check_outcome(demo, system, sent, started=started, settle_s=SETTLE_S, label="cluster")
     await _print_storage(database_url, len(sent))
+    print(  # noqa: T201 - how often RabbitMQ refused a publish, and the remedy was used
+        f"refused publishes retried {log_count(demo, 'transient_failure')}, "
+        f"publisher channels renewed {log_count(demo, 'publisher_channel_renewed')}"
+    )
     first = f"127.0.0.1:{cluster.ports[0]}"
     for name in ("broker", POLICE, SOCIAL):
         nodes = [
