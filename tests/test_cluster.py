@@ -42,13 +42,14 @@ from broker.provision import RabbitmqctlRunner
 from tests.dbs import fresh_postgres_database
 from tests.process_area import (
     AgencySystem,
+    Outcome,
     agency_system,
     check_outcome,
     log_count,
     send_stream,
 )
 
-pytestmark = [pytest.mark.cluster, pytest.mark.rabbitmq, pytest.mark.postgres]
+pytestmark = [pytest.mark.cluster, pytest.mark.scaleout, pytest.mark.rabbitmq, pytest.mark.postgres]
 
 SCRIPT = Path("deploy/cluster/cluster.sh").resolve()
 MESSAGES = int(os.environ.get("BACKA_CLUSTER_MESSAGES", "240"))
@@ -156,12 +157,13 @@ async def test_a_stream_survives_a_rabbitmq_node_and_a_broker_instance_dying(
     )
     try:
         async with fresh_postgres_database() as database_url:
-            await _run(demo, cluster, case_system, database_url)
+            outcome = await _run(demo, cluster, case_system, database_url)
     finally:
         await demo.stop_all()
+    assert (outcome.handed_over, outcome.lost, outcome.webhook_repeats) == (MESSAGES, 0, 0)
 
 
-async def _run(demo: Demo, cluster: Cluster, system: AgencySystem, database_url: str) -> None:
+async def _run(demo: Demo, cluster: Cluster, system: AgencySystem, database_url: str) -> Outcome:
     await setup_area(demo, cluster.rabbitmqctl(1))
     await start_broker(demo, "broker", database_url)
     await start_broker(demo, "broker-2", database_url)
@@ -176,7 +178,9 @@ async def _run(demo: Demo, cluster: Cluster, system: AgencySystem, database_url:
 
     started = time.monotonic()
     sent = await send_stream(demo, MESSAGES, {MESSAGES // 3: node_and_broker_die})
-    await check_outcome(demo, system, sent, started=started, settle_s=SETTLE_S, label="cluster")
+    outcome = await check_outcome(
+        demo, system, sent, started=started, settle_s=SETTLE_S, label="cluster"
+    )
     await _print_storage(database_url, len(sent))
     print(  # noqa: T201 - how often RabbitMQ refused a publish, and the remedy was used
         f"refused publishes retried {log_count(demo, 'transient_failure')}, "
@@ -191,6 +195,7 @@ async def _run(demo: Demo, cluster: Cluster, system: AgencySystem, database_url:
         ]
         assert nodes[0] == first, f"{name} first connected to node 1"
         assert any(node != first for node in nodes[1:]), f"{name} failed over from node 1"
+    return outcome
 
 
 async def _print_storage(database_url: str, messages: int) -> None:

@@ -166,7 +166,8 @@ async def test_rabbitmq_restarted_mid_stream_loses_nothing(
     finally:
         with contextlib.suppress(RabbitmqctlError):
             await asyncio.to_thread(runner.run, ["start_app"])
-    await check_outcome(demo, system, sent, started=started, label="RabbitMQ restarted")
+    outcome = await check_outcome(demo, system, sent, started=started, label="RabbitMQ restarted")
+    assert (outcome.lost, outcome.webhook_repeats) == (0, 0)
 
 
 async def test_the_recipient_adapter_killed_between_store_and_ack_loses_nothing(
