@@ -24,7 +24,11 @@ the audit), step by step:
 
 Every step checks its own outcome; the exit code is 0 only if every step did
 what it says, and a failure names the step. Every process the demo started
-is stopped at the end (or left running with ``--keep-running``).
+is stopped at the end (or left running with ``--keep-running``). Each
+process's log (its standard error, JSON lines) is also written, whole, to
+``<demo_dir>/logs/<name>.log`` (the broker's to ``broker.log``, an adapter's
+to ``<agency>.log``; a restarted process appends), for operators to read
+after the run.
 
 Development keys and a fictitious child only: never real data.
 """
@@ -173,8 +177,15 @@ class Demo:
 
     # --- processes ------------------------------------------------------------------------
 
+    def log_file(self, name: str) -> Path:
+        """Where the log lines of process ``name`` are written, all of them."""
+        return self.workdir / "logs" / f"{name}.log"
+
     async def spawn(self, name: str, args: list[str], env: dict[str, str], ready: str) -> Proc:
-        """Start ``python -m backa ARGS`` and wait for its ``ready`` log event (with the port)."""
+        """Start ``python -m backa ARGS`` and wait for its ``ready`` log event (with the port).
+
+        Every line it logs is also appended to ``log_file(name)``.
+        """
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "backa", *args,
             env={**os.environ, **env},
@@ -184,12 +195,17 @@ class Demo:
         lines: list[dict[str, Any]] = []
         events: collections.Counter[str] = collections.Counter()
         found: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        log_path = self.log_file(name)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Unbuffered: an operator tailing the file (--keep-running) sees each line as it comes.
+        log = log_path.open("ab", buffering=0)
 
         async def read() -> None:
             stream = process.stderr
             if stream is None:
                 return
             while raw := await stream.readline():
+                log.write(raw)
                 try:
                     record = json.loads(raw)
                 except ValueError:
@@ -209,6 +225,7 @@ class Demo:
                 )
 
         reader = asyncio.create_task(read())
+        reader.add_done_callback(lambda _reader: log.close())
         try:
             port = await asyncio.wait_for(found, timeout=self.wait_s)
         except TimeoutError:

@@ -6,14 +6,17 @@ In one run, on the same RabbitMQ:
   quorum queue and consume them with manual acks (the anchor);
 * **broker hop**: publish N sealed envelopes (2 KiB content, one recipient) to
   ``backa.ingress`` as the sending agency's RabbitMQ user; the broker — a
-  separate process running ``BrokerService`` on a SQLite (or
-  ``--database-url``) store — verifies, checks policy, records, routes with
+  separate process running ``BrokerService`` on a fresh SQLite (or, with
+  ``--postgres``, PostgreSQL) store — verifies, checks policy, records, routes with
   confirms and acks; this process consumes them from the recipient's queue.
 
 * **bare forwarder**: a process that only consumes ``backa.ingress`` and
-  publishes each body with a confirm to the recipient's queue, then acks — the
-  broker's RabbitMQ traffic without its work or its receipt: the ceiling for
-  any broker written this way on this machine.
+  publishes each body with a confirm to the recipient's queue, then acks;
+* **forwarder + receipt**: the same, plus a receipt with a confirm to the
+  sender's queue — exactly the broker's RabbitMQ traffic (one quorum-queue
+  consume, two confirmed quorum-queue publishes, where raw has one of each)
+  without its verification, policy, store or logging: the ceiling of the
+  broker hop on this machine, whatever the broker does in between.
 
 Both sides keep ``--window`` publishes in flight. Messages per second is N
 over the time from the first publish to the last message consumed. The run
@@ -21,6 +24,7 @@ uses a scratch vhost and scratch users (made with rabbitmqctl, removed after),
 and ends with one JSON line of the headline figures.
 
     .venv/bin/python -m bench.broker_hop [--messages 3000] [--window 200] [--rounds 3]
+                                         [--postgres postgresql://postgres@127.0.0.1/postgres]
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import aio_pika
+import asyncpg
+from sqlalchemy.engine import make_url
 
 from broker.batching import GroupCommitStore
 from broker.consents import ConsentBook, ConsentPolicy
@@ -63,9 +69,12 @@ from schemas.directory import AgencyType
 from schemas.envelope import Kind, LegalBasis, Purpose
 from tests.support import CHILD, Agency, signed_directory
 
-SENDER = Agency.make("bench-skola")
-RECIPIENT = Agency.make("bench-soc")
-BROKER = Agency.make("bench-broker")
+#: RabbitMQ users are global, not per vhost: each run's agencies get names of their
+#: own, which the broker and forwarder processes it starts inherit.
+RUN = os.environ.setdefault("BACKA_BENCH_RUN", secrets.token_hex(3))
+SENDER = Agency.make(f"bench-skola-{RUN}")
+RECIPIENT = Agency.make(f"bench-soc-{RUN}")
+BROKER = Agency.make(f"bench-broker-{RUN}")
 AGENCIES = [
     (SENDER, AgencyType.SCHOOL),
     (RECIPIENT, AgencyType.SOCIAL_SERVICES),
@@ -73,6 +82,44 @@ AGENCIES = [
 ]
 POLICY_FILE = Path("deploy/policy/sweden.toml")
 HOST = os.environ.get("BACKA_BENCH_AMQP_HOST", "127.0.0.1:5672")
+
+
+async def _pg_admin(server_url: str, statement: str) -> None:
+    url = make_url(server_url).set(drivername="postgresql")
+    connection = await asyncpg.connect(url.render_as_string(hide_password=False), timeout=10)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def fresh_database(server_url: str | None, scratch: str, name: str) -> str:
+    """A new, empty store for one run: a SQLite file, or a PostgreSQL database on ``server_url``.
+
+    A PostgreSQL database is named ``backa_bench_<name>_<random>``; ``drop_database``
+    removes it.
+    """
+    if server_url is None:
+        return f"sqlite+aiosqlite:///{scratch}/{name}.db"
+    database = f"backa_bench_{name}_{secrets.token_hex(4)}"
+    asyncio.run(_pg_admin(server_url, f'CREATE DATABASE "{database}"'))
+    return (
+        make_url(server_url)
+        .set(drivername="postgresql+asyncpg", database=database)
+        .render_as_string(hide_password=False)
+    )
+
+
+def drop_database(database_url: str) -> None:
+    """Remove a PostgreSQL database ``fresh_database`` made (a SQLite file goes with its dir)."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "postgresql":
+        asyncio.run(
+            _pg_admin(
+                url.set(database="postgres").render_as_string(hide_password=False),
+                f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)',
+            )
+        )
 
 
 def _ctl(*args: str) -> None:
@@ -258,13 +305,17 @@ async def _serve(url: str, database_url: str, policy_file: Path) -> None:
     await store.close()
 
 
-async def _forward(url: str) -> None:
+async def _forward(url: str, *, receipt: bool = False) -> None:
     """A bare forwarder, the ceiling for any broker in Python on this machine.
 
     Consumes backa.ingress and publishes each body, with a confirm, to the
     recipient's queue, then acks: the broker's RabbitMQ traffic minus its
-    receipt, with no verification, policy, store or logging at all.
+    receipt, with no verification, policy, store or logging at all. With
+    ``receipt``, it also publishes a 400-byte receipt to the sender's queue
+    (as the broker does, with a confirm): exactly the broker's RabbitMQ work,
+    and so the ceiling of the broker hop itself.
     """
+    receipt_body = os.urandom(200).hex().encode()
     connection = await aio_pika.connect(url)
     async with connection:
         consumer = await connection.channel()
@@ -278,6 +329,11 @@ async def _forward(url: str) -> None:
                 aio_pika.Message(message.body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                 routing_key=RECIPIENT.agency,
             )
+            if receipt:
+                await exchange.publish(
+                    aio_pika.Message(receipt_body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    routing_key=SENDER.agency,
+                )
             await message.ack()
 
         await queue.consume(forward)
@@ -287,75 +343,114 @@ async def _forward(url: str) -> None:
         await stop.wait()
 
 
-def main() -> None:
-    """Measure raw and broker hop in one run; print both, the ratio and a JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=3000)
-    parser.add_argument("--window", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--database-url", default=None)
-    parser.add_argument("--profile", help="record the broker process with py-spy into FILE")
-    parser.add_argument("--serve", nargs=2, metavar=("AMQP_URL", "DATABASE_URL"))
-    parser.add_argument("--forward", nargs=2, metavar=("AMQP_URL", "UNUSED"))
-    args = parser.parse_args()
-    if args.forward:
-        asyncio.run(_forward(args.forward[0]))
-        return
-    if args.serve:
-        url, database_url = args.serve
-        asyncio.run(_serve(url, database_url, POLICY_FILE))
-        return
+def measure(
+    *, messages: int, window: int, rounds: int, postgres: str | None, profile: str | None = None
+) -> dict[str, list[float]]:
+    """Raw, broker hop, bare forwarder and forwarder + receipt, alternating for ``rounds``.
 
+    Returns each run's messages per second under "raw", "hop", "bare" and
+    "ceiling"; a scratch vhost and sender user exist only for the run.
+    """
+    runs: dict[str, list[float]] = {"raw": [], "hop": [], "bare": [], "ceiling": []}
     vhost = f"backa-bench-{secrets.token_hex(4)}"
     password = secrets.token_urlsafe(16)
     _ctl("add_vhost", vhost)
     _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     _ctl("add_user", SENDER.agency, password)
     _ctl("set_permissions", "-p", vhost, SENDER.agency, "^$", "^backa\\.ingress$", "^$")
-    with tempfile.TemporaryDirectory() as scratch:
-        database_url = args.database_url or f"sqlite+aiosqlite:///{scratch}/bench.db"
-        try:
-            url_guest = _url("guest", "guest", vhost)
-            url_sender = _url(SENDER.agency, password, vhost)
-            raws, hops, bares = [], [], []
-            # Alternate the three runs so that a noisy neighbour hits all alike.
-            for round_number in range(args.rounds):
-                raws.append(asyncio.run(_raw(url_guest, args.messages, args.window)))
-                hops.append(
-                    asyncio.run(
-                        _hop(
-                            url_guest,
-                            url_sender,
-                            n=args.messages,
-                            window=args.window,
-                            database_url=f"{database_url}.{round_number}",
-                            profile=args.profile if round_number == 0 else None,
+    url_guest = _url("guest", "guest", vhost)
+    url_sender = _url(SENDER.agency, password, vhost)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            # Alternate the runs so that a noisy neighbour hits all alike.
+            for round_number in range(rounds):
+                runs["raw"].append(asyncio.run(_raw(url_guest, messages, window)))
+                database_url = fresh_database(postgres, scratch, f"hop{round_number}")
+                try:
+                    runs["hop"].append(
+                        asyncio.run(
+                            _hop(
+                                url_guest,
+                                url_sender,
+                                n=messages,
+                                window=window,
+                                database_url=database_url,
+                                profile=profile if round_number == 0 else None,
+                            )
                         )
                     )
-                )
-                bares.append(
-                    asyncio.run(
-                        _hop(
-                            url_guest,
-                            url_sender,
-                            n=args.messages,
-                            window=args.window,
-                            database_url=database_url,
-                            mode="--forward",
+                finally:
+                    drop_database(database_url)
+                for mode, name in (("--forward", "bare"), ("--forward-receipt", "ceiling")):
+                    runs[name].append(
+                        asyncio.run(
+                            _hop(
+                                url_guest,
+                                url_sender,
+                                n=messages,
+                                window=window,
+                                database_url="",
+                                mode=mode,
+                            )
                         )
                     )
-                )
-            raw, hop, bare = (statistics.median(x) for x in (raws, hops, bares))
-            ratios = sorted(h / r for h, r in zip(hops, raws, strict=True))
-        finally:
-            _ctl("delete_user", SENDER.agency)
-            _ctl("delete_vhost", vhost)
-    version = subprocess.run(
+    finally:
+        _ctl("delete_user", SENDER.agency)
+        _ctl("delete_vhost", vhost)
+    return runs
+
+
+def rabbitmq_version() -> str:
+    """What the local ``rabbitmqctl version`` prints."""
+    return subprocess.run(
         ["rabbitmqctl", "-q", "version"],  # noqa: S607 - the operator's rabbitmqctl
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
+
+
+def main() -> None:
+    """Measure raw and broker hop in one run; print both, the ratio and a JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--window", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--postgres",
+        metavar="SERVER_URL",
+        default=None,
+        help="store on PostgreSQL (a fresh database per round on this server, e.g. "
+        "postgresql://postgres@127.0.0.1:5432/postgres) instead of a SQLite file",
+    )
+    parser.add_argument("--profile", help="record the broker process with py-spy into FILE")
+    parser.add_argument("--serve", nargs=2, metavar=("AMQP_URL", "DATABASE_URL"))
+    parser.add_argument("--forward", nargs=2, metavar=("AMQP_URL", "UNUSED"))
+    parser.add_argument("--forward-receipt", nargs=2, metavar=("AMQP_URL", "UNUSED"))
+    args = parser.parse_args()
+    if args.forward:
+        asyncio.run(_forward(args.forward[0]))
+        return
+    if args.forward_receipt:
+        asyncio.run(_forward(args.forward_receipt[0], receipt=True))
+        return
+    if args.serve:
+        url, database_url = args.serve
+        asyncio.run(_serve(url, database_url, POLICY_FILE))
+        return
+
+    runs = measure(
+        messages=args.messages,
+        window=args.window,
+        rounds=args.rounds,
+        postgres=args.postgres,
+        profile=args.profile,
+    )
+    raw, hop, bare, ceiling = (
+        statistics.median(runs[name]) for name in ("raw", "hop", "bare", "ceiling")
+    )
+    ratios = sorted(h / r for h, r in zip(runs["hop"], runs["raw"], strict=True))
+    version = rabbitmq_version()
     print(
         f"broker hop, {args.messages} messages of 2 KiB, {args.window} in flight, "
         f"median of {args.rounds} alternating rounds"
@@ -363,8 +458,10 @@ def main() -> None:
     print(f"  raw aio-pika publish+consume (quorum queue)  {raw:8.0f} msg/s")
     print(f"  bare forwarder (no checks, store, receipt)    {bare:8.0f} msg/s", end="")
     print(f"   ratio {bare / raw:.2f}")
+    print(f"  forwarder + receipt (the broker's AMQP work)  {ceiling:8.0f} msg/s", end="")
+    print(f"   ratio {ceiling / raw:.2f}")
     print(f"  ingress -> broker -> recipient queue          {hop:8.0f} msg/s", end="")
-    print(f"   ratio {hop / raw:.2f}")
+    print(f"   ratio {hop / raw:.2f}   of the forwarder + receipt {hop / ceiling:.2f}")
     print(
         json.dumps(
             {
@@ -375,9 +472,12 @@ def main() -> None:
                 "ratio": round(hop / raw, 3),
                 "bare_forward_msgs_per_s": round(bare),
                 "bare_forward_ratio": round(bare / raw, 3),
+                "forward_receipt_msgs_per_s": round(ceiling),
+                "forward_receipt_ratio": round(ceiling / raw, 3),
+                "hop_of_forward_receipt": round(hop / ceiling, 3),
                 "hop_ratio_per_round": [round(r, 3) for r in ratios],
                 "rounds": args.rounds,
-                "store": database_url.split(":", 1)[0],
+                "store": "postgresql" if args.postgres else "sqlite",
                 "cpu_count": os.cpu_count(),
                 "rabbitmq": version,
                 "python": platform.python_version(),

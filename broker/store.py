@@ -871,30 +871,77 @@ class SqlStore:
         await self.mark_routed_many([(message_id, at)])
 
     async def mark_routed_many(self, marks: Sequence[tuple[str, datetime]]) -> None:
-        """``mark_routed`` for each (message id, time), in one transaction, each audited once."""
-        if not marks:
+        """``mark_routed`` for each (message id, time), in one transaction, each audited once.
+
+        A few statements for the whole batch, not a few per message: this runs
+        once per routed message on the broker's hot path.
+        """
+        first: dict[str, datetime] = {}
+        for message_id, at in marks:
+            first.setdefault(message_id, at)
+        if not first:
             return
         with _boundary(self._url):
             async with self._engine.begin() as conn:
-                routed: list[AuditEntry] = []
-                for message_id, at in marks:
-                    changed = (
+                # Locked in id order, so two brokers marking overlapping batches (a
+                # redelivery) cannot deadlock; a row another broker just marked is
+                # re-read after its lock and no longer matches (PostgreSQL).
+                rows = (
+                    (
                         await conn.execute(
-                            sa.update(MESSAGES)
+                            sa.select(MESSAGES)
                             .where(
-                                MESSAGES.c.message_id == message_id,
+                                MESSAGES.c.message_id.in_(sorted(first)),
                                 MESSAGES.c.routed_at.is_(None),
                             )
-                            .values(routed_at=at)
-                            .returning(MESSAGES.c.message_id)
+                            .order_by(MESSAGES.c.message_id)
+                            .with_for_update()
                         )
-                    ).first()
-                    if changed is None:
-                        continue  # routed before (a redelivery), or never stored
-                    record = await self._read_message(conn, message_id)
-                    if record is not None:
-                        routed.append(audit_entry.routed_entry(record, at))
-                await append_audit(conn, routed)
+                    )
+                    .mappings()
+                    .all()
+                )
+                if not rows:
+                    return  # all routed before (redeliveries), or never stored
+                await conn.execute(
+                    sa.update(MESSAGES)
+                    .where(
+                        MESSAGES.c.message_id == sa.bindparam("marked_id"),
+                        MESSAGES.c.routed_at.is_(None),
+                    )
+                    .values(routed_at=sa.bindparam("marked_at")),
+                    [
+                        {"marked_id": r["message_id"], "marked_at": first[r["message_id"]]}
+                        for r in rows
+                    ],
+                )
+                recipients = await self._recipients_of(conn, [r["message_id"] for r in rows])
+                records = {
+                    r["message_id"]: _record_from(r, recipients.get(r["message_id"], []))
+                    for r in rows
+                }
+                await append_audit(
+                    conn,
+                    [
+                        audit_entry.routed_entry(records[message_id], at)
+                        for message_id, at in first.items()
+                        if message_id in records
+                    ],
+                )
+
+    async def _recipients_of(
+        self, conn: AsyncConnection, message_ids: Sequence[str]
+    ) -> dict[str, list[str]]:
+        """Each message's recipients, in their stored order, in one query."""
+        found: dict[str, list[str]] = {}
+        rows = await conn.execute(
+            sa.select(MESSAGE_RECIPIENTS.c.message_id, MESSAGE_RECIPIENTS.c.agency)
+            .where(MESSAGE_RECIPIENTS.c.message_id.in_(message_ids))
+            .order_by(MESSAGE_RECIPIENTS.c.message_id, MESSAGE_RECIPIENTS.c.position)
+        )
+        for message_id, agency in rows:
+            found.setdefault(message_id, []).append(agency)
+        return found
 
     async def append_events(self, events: Sequence[StatusEvent]) -> int:
         """Append status events; one whose receipt id is already stored is skipped.
@@ -1022,14 +1069,28 @@ class SqlStore:
             if inserted is not None:
                 written.append(event)
         if audit and written:
-            records = {
-                m: await self._read_message(conn, m) for m in {e.message_id for e in written}
-            }
+            records = await self._read_messages(conn, {e.message_id for e in written})
             await append_audit(
                 conn,
                 [audit_entry.receipt_entry(e, record=records[e.message_id]) for e in written],
             )
         return len(written)
+
+    async def _read_messages(
+        self, conn: AsyncConnection, message_ids: Iterable[str]
+    ) -> dict[str, MessageRecord | None]:
+        """The stored record of each message (None if not stored), in two queries."""
+        wanted = sorted(set(message_ids))
+        rows = (
+            (await conn.execute(sa.select(MESSAGES).where(MESSAGES.c.message_id.in_(wanted))))
+            .mappings()
+            .all()
+        )
+        recipients = await self._recipients_of(conn, [r["message_id"] for r in rows])
+        found: dict[str, MessageRecord | None] = dict.fromkeys(wanted)
+        for row in rows:
+            found[row["message_id"]] = _record_from(row, recipients.get(row["message_id"], []))
+        return found
 
     async def _read_message(self, conn: AsyncConnection, message_id: str) -> MessageRecord | None:
         row = (

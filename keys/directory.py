@@ -55,17 +55,23 @@ __all__ = [
 ENTRY_SIGNATURE_CONTEXT = b"backa-directory-entry-v1\x00"
 
 _JsonScalar = str | int | bool | None
+#: Exactly these types (not subclasses, which may serialise differently) skip the recursion.
+_SCALAR_TYPES = frozenset({str, int, bool})
 
 
 def _check_json(value: object, path: str) -> None:
+    # Scalars are checked inline and a path is only built for a container, since
+    # every receipt the broker signs comes through here.
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"{path}: object keys must be strings, got {type(key).__name__}")
-            _check_json(item, f"{path}.{key}")
+            if not (item is None or type(item) in _SCALAR_TYPES):
+                _check_json(item, f"{path}.{key}")
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _check_json(item, f"{path}[{index}]")
+            if not (item is None or type(item) in _SCALAR_TYPES):
+                _check_json(item, f"{path}[{index}]")
     elif isinstance(value, float):
         # Floats have several JSON spellings across languages; a signed payload needs one.
         raise TypeError(f"{path}: floats are not allowed in canonical JSON")
