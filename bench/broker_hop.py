@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -42,6 +43,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable
+from contextlib import suppress
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -122,6 +125,83 @@ def drop_database(database_url: str) -> None:
         )
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+
+
+def _postgres_pids(database: str) -> list[int]:
+    """The PostgreSQL backends serving ``database`` (their title names it)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with suppress(OSError):
+            title = cmdline.read_bytes().decode(errors="replace")
+            if title.startswith("postgres: ") and f" {database} " in title:
+                pids.append(int(cmdline.parent.name))
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds spent by RabbitMQ, PostgreSQL, the process under test and this one.
+
+    On a 2-core machine where all four share the cores, the sum of their CPU
+    time per message bounds the rate: ``rate <= cores / cpu_per_message``.
+    RabbitMQ's figure includes any other load on the node; PostgreSQL's counts
+    the backends serving ``database`` only (not the WAL writer or checkpointer).
+    """
+
+    def __init__(self, rabbitmq_pid: int | None, database: str | None = None) -> None:
+        self.rabbitmq_pid = rabbitmq_pid
+        self.database = database
+        self.before: dict[str, float] = {}
+
+    def _now(self, process: int | None) -> dict[str, float]:
+        own = os.times()
+        return {
+            "rabbitmq": _cpu_seconds(self.rabbitmq_pid) if self.rabbitmq_pid else 0.0,
+            "postgres": (
+                sum(_cpu_seconds(pid) for pid in _postgres_pids(self.database))
+                if self.database
+                else 0.0
+            ),
+            "process": _cpu_seconds(process) if process else 0.0,
+            "client": own.user + own.system,
+        }
+
+    def start(self, process: int | None = None) -> None:
+        """Take the first reading."""
+        self.before = self._now(process)
+
+    def per_message_ms(self, n: int, process: int | None = None) -> dict[str, float]:
+        """Each role's CPU milliseconds per message since ``start``."""
+        after = self._now(process)
+        return {k: round((after[k] - self.before[k]) * 1000 / n, 3) for k in after}
+
+
+@functools.cache
+def rabbitmq_pid() -> int | None:
+    """The OS process id of the local RabbitMQ node, or None if it cannot be asked."""
+    try:
+        out = subprocess.run(
+            ["rabbitmqctl", "-q", "eval", "os:getpid()."],  # noqa: S607 - the operator's
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    digits = out.strip().strip('"')
+    return int(digits) if digits.isdigit() else None
+
+
 def _ctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)  # noqa: S603, S607
 
@@ -192,17 +272,22 @@ async def _consume(url: str, queue_name: str, count: int, prefetch: int) -> floa
         return finished
 
 
-async def _raw(url: str, n: int, window: int) -> float:
+async def _raw(url: str, n: int, window: int, cpu: dict[str, float] | None = None) -> float:
+    """Raw publish + consume through one quorum queue; fills ``cpu`` (ms per message) if given."""
+    meter = CpuMeter(rabbitmq_pid())
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
         await channel.declare_queue("bench.raw", durable=True, arguments={"x-queue-type": "quorum"})
     body = os.urandom(2048)
+    meter.start()
     consumer = asyncio.create_task(_consume(url, "bench.raw", n, window))
     started = await _publish_all(
         url, [body] * n, exchange="", routing_key="bench.raw", user_id=None, window=window
     )
     finished = await consumer
+    if cpu is not None:
+        cpu.update(meter.per_message_ms(n))
     return n / (finished - started)
 
 
@@ -234,8 +319,12 @@ async def _hop(
     database_url: str,
     profile: str | None = None,
     mode: str = "--serve",
+    cpu: dict[str, float] | None = None,
 ) -> float:
+    """Messages per second through the process ``mode`` starts; fills ``cpu`` if given."""
     bodies = _seal_all(n)
+    database = make_url(database_url).database if database_url.startswith("postgresql") else None
+    meter = CpuMeter(rabbitmq_pid(), database)
     broker = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -260,6 +349,7 @@ async def _hop(
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
             )
+        meter.start(broker.pid)
         consumer = asyncio.create_task(
             _consume(url_guest, agency_queue(RECIPIENT.agency), n, window)
         )
@@ -272,6 +362,8 @@ async def _hop(
             window=window,
         )
         finished = await consumer
+        if cpu is not None:
+            cpu.update(meter.per_message_ms(n, broker.pid))
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             await asyncio.wait_for(spy.wait(), timeout=60)
@@ -343,15 +435,37 @@ async def _forward(url: str, *, receipt: bool = False) -> None:
         await stop.wait()
 
 
+@dataclass
+class Runs:
+    """Each run's messages per second, and its CPU milliseconds per message by role."""
+
+    rates: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+    def add(self, name: str, rate: float, cpu: dict[str, float]) -> None:
+        """Record one run of ``name``."""
+        self.rates.setdefault(name, []).append(rate)
+        self.cpu.setdefault(name, []).append(cpu)
+
+    def median(self, name: str) -> float:
+        """The median rate of ``name``."""
+        return statistics.median(self.rates[name])
+
+    def cpu_median(self, name: str) -> dict[str, float]:
+        """The median CPU milliseconds per message of each role in ``name``'s runs."""
+        roles = self.cpu[name][0].keys()
+        return {r: round(statistics.median(c[r] for c in self.cpu[name]), 3) for r in roles}
+
+
 def measure(
     *, messages: int, window: int, rounds: int, postgres: str | None, profile: str | None = None
-) -> dict[str, list[float]]:
+) -> Runs:
     """Raw, broker hop, bare forwarder and forwarder + receipt, alternating for ``rounds``.
 
-    Returns each run's messages per second under "raw", "hop", "bare" and
-    "ceiling"; a scratch vhost and sender user exist only for the run.
+    Names the runs "raw", "hop", "bare" and "ceiling"; a scratch vhost and
+    sender user exist only for the run.
     """
-    runs: dict[str, list[float]] = {"raw": [], "hop": [], "bare": [], "ceiling": []}
+    runs = Runs()
     vhost = f"backa-bench-{secrets.token_hex(4)}"
     password = secrets.token_urlsafe(16)
     _ctl("add_vhost", vhost)
@@ -360,40 +474,36 @@ def measure(
     _ctl("set_permissions", "-p", vhost, SENDER.agency, "^$", "^backa\\.ingress$", "^$")
     url_guest = _url("guest", "guest", vhost)
     url_sender = _url(SENDER.agency, password, vhost)
+
+    def hop(mode: str, database_url: str, profile: str | None = None) -> None:
+        cpu: dict[str, float] = {}
+        rate = asyncio.run(
+            _hop(
+                url_guest,
+                url_sender,
+                n=messages,
+                window=window,
+                database_url=database_url,
+                profile=profile,
+                mode=mode,
+                cpu=cpu,
+            )
+        )
+        runs.add({"--serve": "hop", "--forward": "bare"}.get(mode, "ceiling"), rate, cpu)
+
     try:
         with tempfile.TemporaryDirectory() as scratch:
             # Alternate the runs so that a noisy neighbour hits all alike.
             for round_number in range(rounds):
-                runs["raw"].append(asyncio.run(_raw(url_guest, messages, window)))
+                cpu: dict[str, float] = {}
+                runs.add("raw", asyncio.run(_raw(url_guest, messages, window, cpu)), cpu)
                 database_url = fresh_database(postgres, scratch, f"hop{round_number}")
                 try:
-                    runs["hop"].append(
-                        asyncio.run(
-                            _hop(
-                                url_guest,
-                                url_sender,
-                                n=messages,
-                                window=window,
-                                database_url=database_url,
-                                profile=profile if round_number == 0 else None,
-                            )
-                        )
-                    )
+                    hop("--serve", database_url, profile if round_number == 0 else None)
                 finally:
                     drop_database(database_url)
-                for mode, name in (("--forward", "bare"), ("--forward-receipt", "ceiling")):
-                    runs[name].append(
-                        asyncio.run(
-                            _hop(
-                                url_guest,
-                                url_sender,
-                                n=messages,
-                                window=window,
-                                database_url="",
-                                mode=mode,
-                            )
-                        )
-                    )
+                hop("--forward", "")
+                hop("--forward-receipt", "")
     finally:
         _ctl("delete_user", SENDER.agency)
         _ctl("delete_vhost", vhost)
@@ -446,10 +556,8 @@ def main() -> None:
         postgres=args.postgres,
         profile=args.profile,
     )
-    raw, hop, bare, ceiling = (
-        statistics.median(runs[name]) for name in ("raw", "hop", "bare", "ceiling")
-    )
-    ratios = sorted(h / r for h, r in zip(runs["hop"], runs["raw"], strict=True))
+    raw, hop, bare, ceiling = (runs.median(name) for name in ("raw", "hop", "bare", "ceiling"))
+    ratios = sorted(h / r for h, r in zip(runs.rates["hop"], runs.rates["raw"], strict=True))
     version = rabbitmq_version()
     print(
         f"broker hop, {args.messages} messages of 2 KiB, {args.window} in flight, "
@@ -462,6 +570,20 @@ def main() -> None:
     print(f"   ratio {ceiling / raw:.2f}")
     print(f"  ingress -> broker -> recipient queue          {hop:8.0f} msg/s", end="")
     print(f"   ratio {hop / raw:.2f}   of the forwarder + receipt {hop / ceiling:.2f}")
+    print("  CPU ms per message (median)   rabbitmq  postgres   process    client     total")
+    cpu = {name: runs.cpu_median(name) for name in ("raw", "bare", "ceiling", "hop")}
+    for name, label in (
+        ("raw", "raw"),
+        ("bare", "bare forwarder"),
+        ("ceiling", "forwarder + receipt"),
+        ("hop", "broker hop"),
+    ):
+        c = cpu[name]
+        print(
+            f"    {label:<27}"
+            + "".join(f"{c[k]:10.3f}" for k in ("rabbitmq", "postgres", "process", "client"))
+            + f"{sum(c.values()):10.3f}"
+        )
     print(
         json.dumps(
             {
@@ -476,6 +598,7 @@ def main() -> None:
                 "forward_receipt_ratio": round(ceiling / raw, 3),
                 "hop_of_forward_receipt": round(hop / ceiling, 3),
                 "hop_ratio_per_round": [round(r, 3) for r in ratios],
+                "cpu_ms_per_message": cpu,
                 "rounds": args.rounds,
                 "store": "postgresql" if args.postgres else "sqlite",
                 "cpu_count": os.cpu_count(),

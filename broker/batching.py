@@ -8,22 +8,20 @@ project's 2-core machine that capped the broker hop near 100 messages per
 second. ``GroupCommitStore`` queues the calls that arrive while a commit is
 in progress and writes them together in the next one: no timer, no added
 latency when idle, and every caller still returns only after its own data is
-committed, so "ack only after the durable write" holds unchanged.
+committed, so "ack only after the durable write" holds unchanged. Decisions
+and routed marks share a queue, so under load one commit (and one audit
+append) serves both: half the transactions of a queue each.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol
 
 from broker.records import MessageRecord, Recorded, StatusEvent, Store
 from schemas.audit import AuditEntry
-
-_Item = TypeVar("_Item")
-_Result = TypeVar("_Result")
 
 #: Most calls written in one transaction (bounds statement size and latency).
 MAX_BATCH = 256
@@ -46,38 +44,45 @@ class BulkStore(Store, Protocol):
         """``mark_routed`` for each (message id, time), in one transaction."""
         ...
 
+    async def write_batch(
+        self,
+        items: Sequence[tuple[MessageRecord, Sequence[StatusEvent]]],
+        marks: Sequence[tuple[str, datetime]],
+    ) -> list[Recorded]:
+        """``record_decisions(items)`` and ``mark_routed_many(marks)`` in one transaction."""
+        ...
 
-@dataclass
-class _Queue(Generic[_Item, _Result]):
-    """Calls waiting for the next transaction, and the task that writes them."""
 
-    pending: list[tuple[_Item, asyncio.Future[_Result]]] = field(default_factory=list)
-    writer: asyncio.Task[None] | None = None
+#: One call waiting for the next transaction: a decision to record, or a routed mark.
+_Write = tuple[MessageRecord, Sequence[StatusEvent]] | tuple[str, datetime]
 
 
 class GroupCommitStore:
-    """A ``Store`` whose decisions and routed marks are committed in shared transactions."""
+    """A ``Store`` whose decisions and routed marks are committed in shared transactions.
+
+    Decisions and routed marks wait in one queue and share each commit: under
+    load a transaction records the decisions of new messages and marks earlier
+    ones routed, one commit and one audit append for both.
+    """
 
     def __init__(self, inner: BulkStore, *, max_batch: int = MAX_BATCH) -> None:
         """Wrap ``inner``; reads and receipts go straight through to it."""
         self.inner = inner
         self.max_batch = max_batch
-        self._decisions: _Queue[tuple[MessageRecord, Sequence[StatusEvent]], Recorded] = _Queue()
-        self._routed: _Queue[tuple[str, datetime], None] = _Queue()
+        self._pending: list[tuple[_Write, asyncio.Future[Recorded | None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def record_decision(
         self, record: MessageRecord, events: Sequence[StatusEvent]
     ) -> Recorded:
         """Queue the decision for the next shared commit and wait for it."""
-        return await self._submit(self._decisions, (record, events), self.inner.record_decisions)
+        recorded = await self._submit((record, events))
+        assert recorded is not None  # noqa: S101 - a decision's future gets its Recorded
+        return recorded
 
     async def mark_routed(self, message_id: str, at: datetime) -> None:
         """Queue the routed mark for the next shared commit and wait for it."""
-        await self._submit(self._routed, (message_id, at), self._mark_all)
-
-    async def _mark_all(self, marks: Sequence[tuple[str, datetime]]) -> list[None]:
-        await self.inner.mark_routed_many(marks)
-        return [None] * len(marks)
+        await self._submit((message_id, at))
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
         """Read through to the inner store."""
@@ -99,28 +104,26 @@ class GroupCommitStore:
         """Ping the inner store."""
         await self.inner.ping()
 
-    async def _submit(
-        self,
-        queue: _Queue[_Item, _Result],
-        item: _Item,
-        write: Callable[[Sequence[_Item]], Awaitable[list[_Result]]],
-    ) -> _Result:
-        future: asyncio.Future[_Result] = asyncio.get_running_loop().create_future()
-        queue.pending.append((item, future))
-        if queue.writer is None or queue.writer.done():
-            queue.writer = asyncio.create_task(self._drain(queue, write))
+    async def _submit(self, write: _Write) -> Recorded | None:
+        future: asyncio.Future[Recorded | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((write, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
         return await future
 
-    async def _drain(
-        self,
-        queue: _Queue[_Item, _Result],
-        write: Callable[[Sequence[_Item]], Awaitable[list[_Result]]],
-    ) -> None:
-        while queue.pending:
-            batch = queue.pending[: self.max_batch]
-            del queue.pending[: self.max_batch]
+    async def _drain(self) -> None:
+        while self._pending:
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            decisions: list[tuple[MessageRecord, Sequence[StatusEvent]]] = []
+            marks: list[tuple[str, datetime]] = []
+            for write, _future in batch:
+                if isinstance(write[0], MessageRecord):
+                    decisions.append(write)
+                else:
+                    marks.append(write)
             try:
-                results = await write([item for item, _ in batch])
+                recorded = iter(await self.inner.write_batch(decisions, marks))
             except BaseException as exc:  # every waiter learns what happened to its write
                 for _, future in batch:
                     if not future.done():
@@ -128,6 +131,7 @@ class GroupCommitStore:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
-            for (_, future), result in zip(batch, results, strict=True):
+            for write, future in batch:
+                result = next(recorded) if isinstance(write[0], MessageRecord) else None
                 if not future.done():
                     future.set_result(result)

@@ -783,6 +783,21 @@ class SqlStore:
         An id that appears twice is created by its first item; the second gets
         ``created=False``, exactly as two separate calls would.
         """
+        return await self.write_batch(items, [])
+
+    async def write_batch(
+        self,
+        items: Sequence[tuple[MessageRecord, Sequence[StatusEvent]]],
+        marks: Sequence[tuple[str, datetime]],
+    ) -> list[Recorded]:
+        """``record_decisions(items)`` and ``mark_routed_many(marks)`` in one transaction.
+
+        The broker's group commit: the decisions of new messages and the routed
+        marks of earlier ones share one commit and one audit append. Every row
+        lock is taken before the audit lock, the routed rows in id order and the
+        new rows in id order, so that two brokers writing overlapping batches
+        (a redelivery) wait for each other instead of deadlocking.
+        """
         for record, events in items:
             if len(set(record.recipients)) != len(record.recipients):
                 raise ValueError("a recipient is listed twice")
@@ -790,12 +805,14 @@ class SqlStore:
                 raise ValueError("every first event must belong to the recorded message")
         with _boundary(self._url):
             async with self._engine.begin() as conn:
-                return await self._record_many(conn, items)
+                routed = await self._mark_unrouted(conn, marks)
+                return await self._record_many(conn, items, routed)
 
     async def _record_many(
         self,
         conn: AsyncConnection,
         items: Sequence[tuple[MessageRecord, Sequence[StatusEvent]]],
+        routed: Sequence[AuditEntry] = (),
     ) -> list[Recorded]:
         # One statement per table for the whole batch, parameters bound in
         # bulk: building a statement per message cost more CPU than SQLite's
@@ -803,16 +820,18 @@ class SqlStore:
         first: dict[str, MessageRecord] = {}
         for record, _events in items:
             first.setdefault(record.message_id, record)
-        inserted = set(
-            (
-                await conn.execute(
-                    self._insert(MESSAGES)
-                    .on_conflict_do_nothing(index_elements=[MESSAGES.c.message_id])
-                    .returning(MESSAGES.c.message_id),
-                    [_message_values(r) for r in first.values()],
-                )
-            ).scalars()
-        )
+        inserted: set[str] = set()
+        if first:
+            inserted = set(
+                (
+                    await conn.execute(
+                        self._insert(MESSAGES)
+                        .on_conflict_do_nothing(index_elements=[MESSAGES.c.message_id])
+                        .returning(MESSAGES.c.message_id),
+                        [_message_values(first[m]) for m in sorted(first)],
+                    )
+                ).scalars()
+            )
 
         def is_new(record: MessageRecord) -> bool:
             return record.message_id in inserted and first[record.message_id] is record
@@ -831,11 +850,12 @@ class SqlStore:
         elif events:
             await conn.execute(sa.insert(STATUS_EVENTS), [_event_values(e) for e in events])
         logged = await append_audit(
-            conn, [audit_entry.decision_entry(record) for record, _events in new_items]
+            conn,
+            [*routed, *(audit_entry.decision_entry(record) for record, _events in new_items)],
         )
         log_index = {
             record.message_id: index
-            for (record, _events), index in zip(new_items, logged, strict=True)
+            for (record, _events), index in zip(new_items, logged[len(routed) :], strict=True)
         }
         if log_index:
             await conn.execute(
@@ -871,7 +891,14 @@ class SqlStore:
         await self.mark_routed_many([(message_id, at)])
 
     async def mark_routed_many(self, marks: Sequence[tuple[str, datetime]]) -> None:
-        """``mark_routed`` for each (message id, time), in one transaction, each audited once.
+        """``mark_routed`` for each (message id, time), in one transaction, each audited once."""
+        if marks:
+            await self.write_batch([], marks)
+
+    async def _mark_unrouted(
+        self, conn: AsyncConnection, marks: Sequence[tuple[str, datetime]]
+    ) -> list[AuditEntry]:
+        """Set ``routed_at`` where it is unset; the routed audit entries to append.
 
         A few statements for the whole batch, not a few per message: this runs
         once per routed message on the broker's hot path.
@@ -880,54 +907,44 @@ class SqlStore:
         for message_id, at in marks:
             first.setdefault(message_id, at)
         if not first:
-            return
-        with _boundary(self._url):
-            async with self._engine.begin() as conn:
-                # Locked in id order, so two brokers marking overlapping batches (a
-                # redelivery) cannot deadlock; a row another broker just marked is
-                # re-read after its lock and no longer matches (PostgreSQL).
-                rows = (
-                    (
-                        await conn.execute(
-                            sa.select(MESSAGES)
-                            .where(
-                                MESSAGES.c.message_id.in_(sorted(first)),
-                                MESSAGES.c.routed_at.is_(None),
-                            )
-                            .order_by(MESSAGES.c.message_id)
-                            .with_for_update()
-                        )
-                    )
-                    .mappings()
-                    .all()
-                )
-                if not rows:
-                    return  # all routed before (redeliveries), or never stored
+            return []
+        # Locked in id order (see write_batch); a row another broker just marked
+        # is re-read after its lock and no longer matches (PostgreSQL).
+        rows = (
+            (
                 await conn.execute(
-                    sa.update(MESSAGES)
+                    sa.select(MESSAGES)
                     .where(
-                        MESSAGES.c.message_id == sa.bindparam("marked_id"),
+                        MESSAGES.c.message_id.in_(sorted(first)),
                         MESSAGES.c.routed_at.is_(None),
                     )
-                    .values(routed_at=sa.bindparam("marked_at")),
-                    [
-                        {"marked_id": r["message_id"], "marked_at": first[r["message_id"]]}
-                        for r in rows
-                    ],
+                    .order_by(MESSAGES.c.message_id)
+                    .with_for_update()
                 )
-                recipients = await self._recipients_of(conn, [r["message_id"] for r in rows])
-                records = {
-                    r["message_id"]: _record_from(r, recipients.get(r["message_id"], []))
-                    for r in rows
-                }
-                await append_audit(
-                    conn,
-                    [
-                        audit_entry.routed_entry(records[message_id], at)
-                        for message_id, at in first.items()
-                        if message_id in records
-                    ],
-                )
+            )
+            .mappings()
+            .all()
+        )
+        if not rows:
+            return []  # all routed before (redeliveries), or never stored
+        await conn.execute(
+            sa.update(MESSAGES)
+            .where(
+                MESSAGES.c.message_id == sa.bindparam("marked_id"),
+                MESSAGES.c.routed_at.is_(None),
+            )
+            .values(routed_at=sa.bindparam("marked_at")),
+            [{"marked_id": r["message_id"], "marked_at": first[r["message_id"]]} for r in rows],
+        )
+        recipients = await self._recipients_of(conn, [r["message_id"] for r in rows])
+        records = {
+            r["message_id"]: _record_from(r, recipients.get(r["message_id"], [])) for r in rows
+        }
+        return [
+            audit_entry.routed_entry(records[message_id], at)
+            for message_id, at in first.items()
+            if message_id in records
+        ]
 
     async def _recipients_of(
         self, conn: AsyncConnection, message_ids: Sequence[str]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
+from broker.audit.log import log_size
 from broker.batching import GroupCommitStore
 from broker.records import MessageRecord, Outcome, Recorded, StatusEvent
 from broker.store import SqlStore
@@ -44,17 +45,21 @@ def _accepted(record: MessageRecord) -> StatusEvent:
 
 
 class _Counting(SqlStore):
-    """The real SQL store, counting how many transactions the bulk methods open."""
+    """The real SQL store, counting the transactions the group commit opens and their writes."""
 
     def __init__(self, inner: SqlStore) -> None:
         self.__dict__.update(inner.__dict__)
         self.batches: list[int] = []
+        self.shapes: list[tuple[int, int]] = []
 
-    async def record_decisions(
-        self, items: Sequence[tuple[MessageRecord, Sequence[StatusEvent]]]
+    async def write_batch(
+        self,
+        items: Sequence[tuple[MessageRecord, Sequence[StatusEvent]]],
+        marks: Sequence[tuple[str, datetime]],
     ) -> list[Recorded]:
         self.batches.append(len(items))
-        return await super().record_decisions(items)
+        self.shapes.append((len(items), len(marks)))
+        return await super().write_batch(items, marks)
 
 
 async def test_concurrent_decisions_share_transactions(store: SqlStore) -> None:
@@ -102,11 +107,49 @@ async def test_routed_marks_are_grouped_and_kept(store: SqlStore) -> None:
         assert stored.routed_at == at
 
 
+async def test_decisions_and_routed_marks_share_a_commit(store: SqlStore) -> None:
+    """Marks of earlier messages and decisions of new ones arriving together take one commit.
+
+    Each is stored as if written alone: the new messages unrouted with their
+    decision logged, the earlier ones routed, and both audited in one tree.
+    """
+    counting = _Counting(store)
+    grouped = GroupCommitStore(counting)
+    earlier = [_record(i) for i in range(10)]
+    await asyncio.gather(*(grouped.record_decision(r, [_accepted(r)]) for r in earlier))
+    counting.shapes.clear()
+    at = T0 + timedelta(seconds=5)
+    later = [_record(i) for i in range(10, 20)]
+    written = await asyncio.gather(
+        *(grouped.mark_routed(r.message_id, at) for r in earlier),
+        *(grouped.record_decision(r, [_accepted(r)]) for r in later),
+    )
+    assert counting.shapes == [(10, 10)]
+    decided = [w for w in written if isinstance(w, Recorded)]
+    assert [d.record.message_id for d in decided] == [r.message_id for r in later]
+    indices = set()
+    for record in earlier:
+        stored = await store.get_message(record.message_id)
+        assert stored is not None
+        assert stored.routed_at == at
+    for recorded in decided:
+        stored = await store.get_message(recorded.record.message_id)
+        assert stored is not None
+        assert stored.routed_at is None
+        assert stored.log_index == recorded.record.log_index is not None
+        indices.add(stored.log_index)
+    assert len(indices) == 10
+    async with store.engine.connect() as conn:
+        assert await log_size(conn) == 10 + 10 + 10  # earlier decisions, routed marks, new ones
+
+
 class _Failing:
     """A bulk store whose every write fails."""
 
-    async def record_decisions(
-        self, items: Sequence[tuple[MessageRecord, Sequence[StatusEvent]]]
+    async def write_batch(
+        self,
+        items: Sequence[tuple[MessageRecord, Sequence[StatusEvent]]],
+        marks: Sequence[tuple[str, datetime]],
     ) -> list[Recorded]:
         await asyncio.sleep(0)
         raise ConnectionError("database away")
@@ -114,7 +157,7 @@ class _Failing:
 
 async def test_a_failed_commit_fails_every_caller_in_it() -> None:
     """No caller of a failed batch believes its decision was stored."""
-    grouped = GroupCommitStore(_Failing())  # type: ignore[arg-type] # only record_decisions is used
+    grouped = GroupCommitStore(_Failing())  # type: ignore[arg-type] # only write_batch is used
     records = [_record(i) for i in range(10)]
     results = await asyncio.gather(
         *(grouped.record_decision(r, []) for r in records), return_exceptions=True
