@@ -89,6 +89,9 @@ class Forbidden(BrokerError):  # noqa: N818 - the name mirrors its stable code
     code = "forbidden"
     http_status = 403
     default_message = "Your certificate's role may not do this."
+    #: True once the refusal is in the audit log (the audit routes log it as a read);
+    #: the HTTP layer logs every other refusal as an ``access_refused`` entry.
+    audited: bool = False
 
 
 class NotFound(BrokerError):  # noqa: N818 - the name mirrors its stable code

@@ -51,6 +51,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel
 
+from broker.audit.entry import refused_access_entry
 from broker.errors import (
     BadRequest,
     BrokerError,
@@ -199,14 +200,45 @@ def _from_http_exception(exc: web.HTTPException) -> BrokerError:
     return InternalError()
 
 
+_STAFF_ID: Final = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+
+
+def peer_actor(peer: PeerIdentity | None) -> str:
+    """The name an attempt is logged under: the person id, else the agency, else the role."""
+    if peer is None:
+        return "unidentified"  # a certificate of the area CA that names no usable role
+    if _STAFF_ID.fullmatch(peer.common_name):
+        return peer.common_name
+    return peer.agency if peer.agency is not None else peer.role.value
+
+
+async def _audit_refusal(request: web.Request) -> None:
+    """Put a refused attempt in the audit log: who tried which route (no body, no answer)."""
+    entry = refused_access_entry(
+        actor=peer_actor(request.get(PEER)),
+        route=f"{request.method} {request.rel_url.raw_path_qs}",
+        at=request.config_dict[CLOCK](),
+    )
+    await request.config_dict[STORE].append_audit([entry])
+
+
 @web.middleware
 async def _map_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every exception into the JSON error body; foreign detail goes to the log only."""
+    """Turn every exception into the JSON error body; foreign detail goes to the log only.
+
+    Every 403 is also an ``access_refused`` audit entry, unless the route
+    logged the attempt itself (the audit routes log it as a read).
+    """
     try:
         return await handler(request)
     except BrokerError as exc:
         if exc.http_status >= web.HTTPInternalServerError.status_code:
             _log.warning("http_broker_error", code=exc.code, exc_info=True)
+        if isinstance(exc, Forbidden) and not exc.audited:
+            try:
+                await _audit_refusal(request)
+            except Exception:  # noqa: BLE001 - nothing was disclosed: the 403 stands, loudly logged
+                _log.exception("access_refusal_not_audited")
         return _error_response(exc)
     except web.HTTPException as exc:
         if exc.status < web.HTTPBadRequest.status_code:

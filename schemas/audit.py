@@ -10,7 +10,7 @@ of the Merkle tree, so an entry, once written, is never changed.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Final
 
 from pydantic import Field, StringConstraints, model_validator
 
@@ -47,6 +47,8 @@ class AuditEvent(StrEnum):
     DEADLINE_HANDLED = "deadline_handled"
     # Patient data law asks for a log of who looked at the log itself.
     AUDIT_READ = "audit_read"
+    # A certificate whose role may not use an HTTP route tried it (the query names the route).
+    ACCESS_REFUSED = "access_refused"
 
 
 class HandledReason(StrEnum):
@@ -61,6 +63,10 @@ class HandledReason(StrEnum):
 
 #: An audit query as the security officer issued it (filters, not content).
 AuditQuery = Annotated[str, StringConstraints(min_length=1, max_length=1_000)]
+
+
+#: The events that say who (``actor``) asked for what (``query``).
+_ACTOR_AND_QUERY: Final = frozenset({AuditEvent.AUDIT_READ, AuditEvent.ACCESS_REFUSED})
 
 
 class AuditEntry(WireModel):
@@ -100,10 +106,10 @@ class AuditEntry(WireModel):
             raise ValueError("a rejected entry must name its reason")
         if self.event is AuditEvent.RECEIPT and self.status is None:
             raise ValueError("a receipt entry must name its status")
-        if self.event is AuditEvent.AUDIT_READ and self.actor is None:
-            raise ValueError("an audit_read entry must name its actor")
-        if self.query is not None and self.event is not AuditEvent.AUDIT_READ:
-            raise ValueError("query is only allowed on audit_read entries")
+        if self.event in _ACTOR_AND_QUERY and self.actor is None:
+            raise ValueError(f"an {self.event.value} entry must name its actor")
+        if self.query is not None and self.event not in _ACTOR_AND_QUERY:
+            raise ValueError("query is only allowed on audit_read and access_refused entries")
         if (self.event is AuditEvent.DEADLINE_HANDLED) != (self.handled is not None):
             raise ValueError("handled is required on deadline_handled entries, refused otherwise")
         return self

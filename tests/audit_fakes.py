@@ -370,7 +370,14 @@ def make_pki(root: Path) -> Pki:
 
 
 class NoMessages:
-    """A ``broker.records.Store`` that holds nothing: these tests are about the audit routes."""
+    """A ``broker.records.Store`` that holds no messages: these tests are about the audit routes.
+
+    What the HTTP layer appends itself (a refused access) is kept in ``audit``.
+    """
+
+    def __init__(self) -> None:
+        """No messages, no audit entries yet."""
+        self.audit: list[AuditEntry] = []
 
     async def record_decision(
         self, record: MessageRecord, events: Sequence[StatusEvent]
@@ -395,8 +402,9 @@ class NoMessages:
         return []
 
     async def append_audit(self, entries: Sequence[AuditEntry]) -> list[int]:
-        """Never called here."""
-        raise NotImplementedError
+        """Kept in ``audit``, numbered from 0."""
+        self.audit.extend(entries)
+        return list(range(len(self.audit) - len(entries), len(self.audit)))
 
     async def ping(self) -> None:
         """Always reachable."""
@@ -414,10 +422,12 @@ class _NoDirectory:
 
 
 @asynccontextmanager
-async def serve(pki: Pki, reader: MemoryAuditReader) -> AsyncIterator[str]:
+async def serve(
+    pki: Pki, reader: MemoryAuditReader, store: NoMessages | None = None
+) -> AsyncIterator[str]:
     """The broker's app with the audit routes and console over mTLS; yields its base URL."""
     app = create_app(
-        store=NoMessages(),
+        store=store if store is not None else NoMessages(),
         directory=_NoDirectory,
         readiness=[],
         metrics=Metrics(),

@@ -14,11 +14,10 @@ them can have expired. The audit log is the in-memory reader.
   serving. The OpenAPI document's 401 is what the identity middleware answers
   if the app is ever served without TLS (tests/test_http.py).
 * A valid certificate with the wrong role reaches the application and gets
-  403 ``forbidden``. On the security officer's audit routes and console the
-  attempt is appended to the audit log before the refusal
-  (``AuditReader.refused``). Elsewhere (/metrics) it is in the canonical
-  request log line only: the audit routes are the only ones that log
-  refusals to the audit log.
+  403 ``forbidden``, and the attempt is in the audit log: on the security
+  officer's audit routes and console as a refused read, appended before the
+  refusal (``AuditReader.refused``); elsewhere (/metrics) as an
+  ``access_refused`` entry the HTTP layer appends. Never both.
 
 **Each adapter's agency API** (``tests.adapter_harness``: the real broker and
 RabbitMQ, one adapter per agency format) gets oversized, deeply nested and
@@ -57,7 +56,7 @@ from keys.ca import (
 from keys.setup import AreaLayout
 from schemas.audit import AuditEvent
 from tests import adapter_harness as harness
-from tests.audit_fakes import AREA, OFFICER, SCHOOL, Pki, seeded_reader, serve
+from tests.audit_fakes import AREA, OFFICER, SCHOOL, NoMessages, Pki, seeded_reader, serve
 from tests.support import Agency
 from tests.test_http import _write
 
@@ -175,7 +174,7 @@ async def test_a_peer_without_a_valid_area_certificate_never_reaches_the_broker(
         assert served.status == 200
 
 
-#: A valid adapter certificate on routes its role may not use: (path, JSON error?, audit-logged?).
+#: A valid adapter certificate on routes its role may not use: (path, JSON error?, a log read?).
 WRONG_ROLE = [
     pytest.param("/v1/audit/entries", True, True, id="audit-search"),
     pytest.param("/v1/audit/export?start=0&end=6", True, True, id="audit-export"),
@@ -184,14 +183,15 @@ WRONG_ROLE = [
 ]
 
 
-@pytest.mark.parametrize(("path", "json_error", "audited"), WRONG_ROLE)
-async def test_the_wrong_role_is_forbidden_and_audited_where_the_log_is_read(
-    certificates: Certificates, path: str, json_error: bool, audited: bool
+@pytest.mark.parametrize(("path", "json_error", "log_read"), WRONG_ROLE)
+async def test_the_wrong_role_is_forbidden_and_audited(
+    certificates: Certificates, path: str, json_error: bool, log_read: bool
 ) -> None:
-    """An adapter's certificate gets 403, logged per request; on the log's own routes, in the log."""
+    """An adapter's certificate gets 403, logged per request and, once, in the audit log."""
     reader = seeded_reader()
     size = reader.size
-    async with serve(certificates.pki, reader) as url:
+    store = NoMessages()
+    async with serve(certificates.pki, reader, store) as url:
         with capture_logs() as logs:
             answer = await _get(url + path, certificates.pki.client(SCHOOL))
         assert answer.status == 403
@@ -201,14 +201,18 @@ async def test_the_wrong_role_is_forbidden_and_audited_where_the_log_is_read(
         line = _request_lines(logs)[-1]
         assert (line["status"], line["peer_role"], line["peer_agency"]) == (403, "adapter", SCHOOL)
         assert reader.calls == [], "nothing was read for the refused peer"
-        if audited:
+        if log_read:
             assert reader.refusals == [(SCHOOL, path)]
             assert reader.size == size + 1
             refused = reader.logged[size].entry
             assert (refused.event, refused.actor) == (AuditEvent.AUDIT_READ, SCHOOL)
             assert refused.query == f"refused {path}"
+            assert store.audit == [], "the refused read is logged once, not twice"
         else:
             assert (reader.size, reader.refusals) == (size, [])
+            assert [(e.event, e.actor, e.query) for e in store.audit] == [
+                (AuditEvent.ACCESS_REFUSED, SCHOOL, f"GET {path}")
+            ]
         served = await _get(url + "/healthz", certificates.pki.client(OFFICER))
         assert served.status == 200
 

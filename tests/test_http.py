@@ -49,7 +49,7 @@ from keys.ca import (
 from keys.directory import Directory, load_bundle, verify_entry
 from keys.material import ed25519_public_from_bytes
 from keys.setup import AreaLayout, init_area
-from schemas.audit import AuditEntry
+from schemas.audit import AuditEntry, AuditEvent
 from schemas.common import b64url_decode
 from schemas.directory import DirectoryBundle
 
@@ -652,12 +652,32 @@ async def test_metrics_render_counters_for_operators(running: Running) -> None:
     assert 'backa_message_seconds_bucket{le="0.005"} 1.0' in text
 
 
-@pytest.mark.parametrize("who", [SENDER, "broker"], ids=["adapter", "broker-role"])
-async def test_metrics_are_forbidden_to_other_roles(running: Running, who: str) -> None:
-    """Adapters and other roles get 403 forbidden on /metrics."""
-    status, body = await running.json(who, "/metrics")
+@pytest.mark.parametrize(
+    ("who", "actor"),
+    [(SENDER, SENDER), ("broker", "broker-2")],  # the certificate's common name
+    ids=["adapter", "broker-role"],
+)
+async def test_metrics_are_forbidden_to_other_roles(running: Running, who: str, actor: str) -> None:
+    """Adapters and other roles get 403 forbidden on /metrics, and the attempt is audited."""
+    status, body = await running.json(who, "/metrics?x=1")
     assert status == 403
     assert body["error"]["code"] == "forbidden"
+    assert [(e.event, e.actor, e.query) for e in running.store.audit] == [
+        (AuditEvent.ACCESS_REFUSED, actor, "GET /metrics?x=1")
+    ]
+
+
+async def test_a_refusal_the_store_cannot_audit_is_still_a_refusal(running: Running) -> None:
+    """With the audit append failing, the answer stays 403 and the failure is logged loudly."""
+
+    async def away(entries: Sequence[AuditEntry]) -> list[int]:
+        raise ConnectionError("database away")
+
+    running.store.append_audit = away  # type: ignore[method-assign] # this one call fails
+    with capture_logs() as logs:
+        status, body = await running.json(SENDER, "/metrics")
+    assert (status, body["error"]["code"]) == (403, "forbidden")
+    assert "access_refusal_not_audited" in [line["event"] for line in logs]
 
 
 def test_each_metrics_object_counts_apart() -> None:

@@ -107,6 +107,7 @@ EVENT_LABELS: Mapping[AuditEvent, str] = MappingProxyType(
         AuditEvent.ESCALATION: "Eskalering",
         AuditEvent.DEADLINE_HANDLED: "Ärende avslutat utan svar",
         AuditEvent.AUDIT_READ: "Läsning av loggen",
+        AuditEvent.ACCESS_REFUSED: "Nekad åtkomst",
     }
 )
 

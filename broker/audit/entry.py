@@ -250,6 +250,18 @@ def directory_entry(*, agency: str, digest: str, at: datetime) -> AuditEntry:
     )
 
 
+def refused_access_entry(*, actor: str, route: str, at: datetime) -> AuditEntry:
+    """Someone whose certificate role may not use ``route`` (method and path) tried it."""
+    return _build(
+        {
+            "at": at.isoformat(),
+            "event": AuditEvent.ACCESS_REFUSED.value,
+            "actor": actor,
+            "query": route[:1000],
+        }
+    )
+
+
 def read_entry(*, actor: str, query: str, at: datetime) -> AuditEntry:
     """Someone read the audit log (or tried to: the query says so); who, what and when."""
     return _build(

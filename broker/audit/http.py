@@ -47,7 +47,7 @@ from broker.audit.ports import (
     LoggedEntry,
 )
 from broker.errors import BadRequest, Forbidden, InternalError, NotFound
-from broker.http import PEER
+from broker.http import PEER, peer_actor
 from broker.openapi import (
     PATH_AUDIT_CHECKPOINT,
     PATH_AUDIT_CONSISTENCY,
@@ -56,7 +56,7 @@ from broker.openapi import (
     PATH_AUDIT_EXPORT,
     PATH_AUDIT_INCLUSION,
 )
-from keys.ca import PeerIdentity, Role
+from keys.ca import Role
 from schemas.audit import AuditEvent
 from schemas.envelope import Kind
 
@@ -103,13 +103,6 @@ _Enum = TypeVar("_Enum", Kind, AuditEvent)
 # --- who may read -------------------------------------------------------------------------------
 
 
-def _actor(peer: PeerIdentity) -> str:
-    """The name a refused attempt is logged under: the person id, else the agency, else the role."""
-    if _STAFF_ID.fullmatch(peer.common_name):
-        return peer.common_name
-    return peer.agency if peer.agency is not None else peer.role.value
-
-
 def _query_text(request: web.Request) -> str:
     # The route and its query string as sent (percent-encoded, so one line of ASCII); no body.
     return request.rel_url.raw_path_qs[:_MAX_QUERY]
@@ -121,8 +114,10 @@ async def officer_or_refuse(request: web.Request, reader: AuditReader) -> str:
     if peer.role is Role.SECURITY_OFFICER:
         return peer.common_name
     # Patient data law: an attempt to look at the log is logged like a look.
-    await reader.refused(actor=_actor(peer), query=_query_text(request))
-    raise Forbidden("The audit log is for security officers.")
+    await reader.refused(actor=peer_actor(peer), query=_query_text(request))
+    refusal = Forbidden("The audit log is for security officers.")
+    refusal.audited = True
+    raise refusal
 
 
 # --- parameters ---------------------------------------------------------------------------------
