@@ -30,9 +30,11 @@ class ReasonCode(StrEnum):
     BAD_JSON = "bad_json"
     # Well-formed JSON that does not match the published JSON Schema.
     SCHEMA_INVALID = "schema_invalid"
-    # The signed sender is not in the area directory.
+    # The signed sender is not in the area directory. Reserved: never sent, since
+    # PROTOCOL.md §4.5 reports it as envelope_invalid (the log has the detail).
     UNKNOWN_SENDER = "unknown_sender"
     # The sender's key id is unknown, not yet valid or past its rotation window.
+    # Reserved like unknown_sender.
     SENDER_KEY_INVALID = "sender_key_invalid"
     # The AMQP user_id (validated by RabbitMQ) differs from the signed sender:
     # one agency's credentials must not speak for another.
