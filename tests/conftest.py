@@ -17,7 +17,13 @@ from collections.abc import AsyncIterator
 import aio_pika
 import pytest
 
-pytest_plugins = ["tests.rabbit", "tests.dbs", "tests.browser", "tests.adapter_harness"]
+pytest_plugins = [
+    "tests.rabbit",
+    "tests.dbs",
+    "tests.browser",
+    "tests.adapter_harness",
+    "tests.demo_run",
+]
 
 AMQP_URL = os.environ.get("BACKA_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 SERVICE_WAIT_S = 60.0

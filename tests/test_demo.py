@@ -1,7 +1,8 @@
 """``backa demo`` for real: a broker and five adapters as processes, every step passing.
 
-Runs the whole scenario (backa/demo.py) on a RabbitMQ vhost of its own, with
-the RabbitMQ users the demo provisions, and checks that every step reported
+Reads the session's one run of the whole scenario (tests/demo_run.py, shared
+with tests/test_demo_leaks.py: backa/demo.py on a RabbitMQ vhost of its own,
+with the RabbitMQ users the demo provisions) and checks that every step reported
 success, that no personnummer reached the output, and that every process was
 stopped; and that a failure names what failed.
 """
@@ -21,7 +22,7 @@ from rich.console import Console
 
 from backa.demo import CHILD_NUMBER, DemoSettings, run
 from broker.provision import RabbitmqctlError, RabbitmqctlRunner
-from tests.conftest import AMQP_URL
+from tests.demo_run import DemoRun
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -35,17 +36,9 @@ def demo_vhost(rabbitmqctl: RabbitmqctlRunner) -> Iterator[str]:
         rabbitmqctl.run(["delete_vhost", vhost])
 
 
-async def test_the_demo_passes_every_step_with_real_processes(
-    tmp_path: Path, demo_vhost: str
-) -> None:
+def test_the_demo_passes_every_step_with_real_processes(demo_run: DemoRun) -> None:
     """Seven steps, each ✓; the child's number never printed; every process stopped."""
-    out = io.StringIO()
-    settings = DemoSettings(
-        amqp_url=SecretStr(AMQP_URL), demo_dir=tmp_path / "demo", demo_vhost=demo_vhost
-    )
-    ok = await run(settings, Console(file=out, width=160, force_terminal=False))
-    text = out.getvalue()
-    assert ok, text
+    text = demo_run.output
     for number in range(1, 8):
         assert re.search(rf"✓ Step {number}: ", text), f"step {number} did not pass:\n{text}"
     assert "All processes stopped." in text

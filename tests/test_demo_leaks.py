@@ -1,8 +1,8 @@
 """After the whole demo, the broker's store and every process's log hold no plaintext.
 
-Runs ``backa demo`` once (backa/demo.py: a broker and five adapters as
-processes, all seven steps) on a RabbitMQ vhost and a directory of its own,
-then searches for every *needle* taken from the demo's own data: the
+Reads what the session's one run of ``backa demo`` left (tests/demo_run.py:
+a broker and five adapters as processes, all seven steps, on a RabbitMQ vhost
+and a directory of their own), and searches for every *needle* taken from the demo's own data: the
 personnummer in the examples it sends and ``CHILD_NUMBER``, each in every
 written form (10 or 12 digits, with '-', '+' or nothing; also base64); the
 names, case number, telephone and free text of those examples; the staff's
@@ -28,14 +28,11 @@ logs searched must be the demo's, with the rows and lines it makes.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import inspect
-import io
 import json
 import re
-import secrets
 import shutil
 import sqlite3
 import unicodedata
@@ -46,15 +43,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
-from rich.console import Console
 
 import backa.demo
-from backa.demo import AGENCIES, CHILD_NUMBER, STAFF, DemoSettings, _example, run
-from broker.provision import RabbitmqctlError, RabbitmqctlRunner
+from backa.demo import AGENCIES, CHILD_NUMBER, STAFF, _example
 from keys.errors import PersonnummerError
 from keys.personnummer import parse_identity_number
-from tests.conftest import AMQP_URL
+from tests.demo_run import DemoRun
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -94,14 +88,6 @@ class Cell:
 
     where: str
     data: bytes
-
-
-@dataclass(frozen=True)
-class DemoRun:
-    """What one run of the demo left: its directory and its console output."""
-
-    workdir: Path
-    output: str
 
 
 # --- the needles ------------------------------------------------------------------------------
@@ -273,23 +259,6 @@ def _report(found: list[str]) -> str:
 
 
 # --- the demo, once ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
-    """The whole demo, run once for this module in a vhost and directory of its own."""
-    vhost = f"backa-demo-leaks-{secrets.token_hex(3)}"
-    workdir = tmp_path_factory.mktemp("demo-leaks") / "demo"
-    out = io.StringIO()
-    settings = DemoSettings(amqp_url=SecretStr(AMQP_URL), demo_dir=workdir, demo_vhost=vhost)
-    try:
-        ok = asyncio.run(run(settings, Console(file=out, width=160, force_terminal=False)))
-    finally:
-        with contextlib.suppress(RabbitmqctlError):  # never created if set-up failed first
-            RabbitmqctlRunner(timeout=60.0).run(["delete_vhost", vhost])
-    if not ok:
-        pytest.fail(f"the demo failed, so nothing it left can be checked:\n{out.getvalue()}")
-    return DemoRun(workdir, out.getvalue())
 
 
 @pytest.fixture(scope="module")
