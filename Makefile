@@ -69,11 +69,13 @@ FAULT_MESSAGES ?= 5000
 faults: venv services
 	BACKA_FAULT_MESSAGES=$(FAULT_MESSAGES) deploy/dev/run-pytest.sh $(BIN)/pytest -s tests/test_faults.py $(PYTEST_ARGS)
 
-# Fuzzing from the OpenAPI document (schemathesis, against a live broker) and of the
-# envelope parser and every mapping (hypothesis); `make test` runs a few examples each.
+# Fuzzing from the OpenAPI documents (schemathesis, against a live broker and five live
+# adapters) and of the envelope parser and every mapping (hypothesis); `make test` runs a
+# few examples each.
 FUZZ_EXAMPLES ?= 1000
 fuzz: venv rabbitmq
-	BACKA_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) deploy/dev/run-pytest.sh $(BIN)/pytest tests/test_fuzz_openapi.py tests/test_fuzz_parsers.py $(PYTEST_ARGS)
+	BACKA_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) deploy/dev/run-pytest.sh $(BIN)/pytest tests/test_fuzz_openapi.py \
+		tests/test_fuzz_adapter_api.py tests/test_fuzz_parsers.py $(PYTEST_ARGS)
 
 # Regenerate the exported JSON Schema after changing a model in schemas/.
 schemas: venv

@@ -11,6 +11,8 @@ Routes (bearer token per agency system, ``systems`` in the config):
 * ``POST /v1/inbox/{id}/read`` and ``POST /v1/inbox/{id}/answer`` — a person
   opened it / accepted or declined it (sends the signed receipt).
 * ``GET /healthz`` — liveness, and whether RabbitMQ is connected (no token).
+* ``GET /openapi.json`` — the OpenAPI 3.1 document of this API for the adapter's
+  mapping (``adapters.openapi``; no token: it holds the contract and nothing else).
 
 Handlers are thin: parse, call the mapping and the runtime, map the result.
 Errors are JSON ``{"error": code, "message": sentence}``; nothing submitted is
@@ -21,32 +23,48 @@ levels, is a ``422`` naming ``$``.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from adapters.canonical import FieldProblem, InvalidSubmission, Mapping, problems_from_validation
 from adapters.config import AdapterConfig
+from adapters.openapi import (
+    MAX_IDEMPOTENCY_KEY,
+    PATH_ANSWER,
+    PATH_HEALTH,
+    PATH_INBOX,
+    PATH_INBOX_ITEM,
+    PATH_MESSAGE,
+    PATH_MESSAGES,
+    PATH_OPENAPI,
+    PATH_READ,
+    AnswerRequest,
+    ReadRequest,
+    build_openapi,
+)
 from adapters.ports import AnswerConflictError, UnknownMessageError
 from adapters.runtime import AdapterRuntime
 from adapters.store import AdapterStoreError, IdempotencyConflict
-from schemas.receipts import Answer, DeclineReason
+from schemas.receipts import Answer
 
 RUNTIME: Final = web.AppKey[AdapterRuntime]("runtime")
 MAPPING: Final = web.AppKey[Mapping]("mapping")
 CONFIG: Final = web.AppKey[AdapterConfig]("config")
 CLOCK: Final = web.AppKey[Callable[[], datetime]]("clock")
+#: The OpenAPI document of this API for the app's mapping, serialised once.
+OPENAPI: Final = web.AppKey[bytes]("openapi")
 #: The name of the agency system whose token the request carried (for the log line).
 SYSTEM: Final = web.RequestKey[str]("agency_system")
 
 #: Largest request body: the envelope limit with room for a format's overhead.
 MAX_BODY_BYTES: Final = 2_000_000
-MAX_IDEMPOTENCY_KEY: Final = 200
 #: Deepest nesting of objects and arrays a submission may have; the agency formats need
 #: about ten levels. Deeper documents would exhaust the stack of the recursive code
 #: (json, pydantic) that validates them, so they are refused before any mapping runs.
@@ -183,18 +201,6 @@ async def get_inbox(request: web.Request) -> web.StreamResponse:
     return web.json_response(request.app[MAPPING].render_received(item))
 
 
-class _ReadBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    staff_id: str = Field(min_length=1, max_length=64)
-
-
-class _AnswerBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    staff_id: str = Field(min_length=1, max_length=64)
-    answer: Literal["accepted", "declined"]
-    decline_reason: DeclineReason | None = None
-
-
 async def _body(request: web.Request, model: type[BaseModel]) -> Any:
     try:
         return model.model_validate_json(await request.read())
@@ -205,7 +211,7 @@ async def _body(request: web.Request, model: type[BaseModel]) -> Any:
 async def mark_read(request: web.Request) -> web.StreamResponse:
     """A person at the agency opened the message: the signed ``read`` receipt goes back."""
     try:
-        body = await _body(request, _ReadBody)
+        body = await _body(request, ReadRequest)
     except InvalidSubmission as exc:
         return _problems(request, list(exc.problems))
     item = await request.app[RUNTIME].mark_read(request.match_info["id"], body.staff_id)
@@ -215,7 +221,7 @@ async def mark_read(request: web.Request) -> web.StreamResponse:
 async def answer(request: web.Request) -> web.StreamResponse:
     """A person accepted or declined (with a reason): the signed ``answered`` receipt goes back."""
     try:
-        body = await _body(request, _AnswerBody)
+        body = await _body(request, AnswerRequest)
     except InvalidSubmission as exc:
         return _problems(request, list(exc.problems))
     choice = Answer(body.answer)
@@ -246,6 +252,16 @@ async def healthz(request: web.Request) -> web.StreamResponse:
     )
 
 
+@functools.cache
+def _openapi_document(mapping: str) -> bytes:
+    return json.dumps(build_openapi(mapping)).encode()
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    """The OpenAPI document of this API (no token: the contract, nothing about any message)."""
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
 def create_api(
     runtime: AdapterRuntime,
     mapping: Mapping,
@@ -259,12 +275,14 @@ def create_api(
     app[MAPPING] = mapping
     app[CONFIG] = config
     app[CLOCK] = clock
-    app.router.add_get("/healthz", healthz)
-    app.router.add_post("/v1/messages", submit)
-    app.router.add_get("/v1/messages", list_sent)
-    app.router.add_get("/v1/messages/{id}", sent_status)
-    app.router.add_get("/v1/inbox", list_inbox)
-    app.router.add_get("/v1/inbox/{id}", get_inbox)
-    app.router.add_post("/v1/inbox/{id}/read", mark_read)
-    app.router.add_post("/v1/inbox/{id}/answer", answer)
+    app[OPENAPI] = _openapi_document(mapping.name)
+    app.router.add_get(PATH_HEALTH, healthz)
+    app.router.add_get(PATH_OPENAPI, openapi)
+    app.router.add_post(PATH_MESSAGES, submit)
+    app.router.add_get(PATH_MESSAGES, list_sent)
+    app.router.add_get(PATH_MESSAGE, sent_status)
+    app.router.add_get(PATH_INBOX, list_inbox)
+    app.router.add_get(PATH_INBOX_ITEM, get_inbox)
+    app.router.add_post(PATH_READ, mark_read)
+    app.router.add_post(PATH_ANSWER, answer)
     return app

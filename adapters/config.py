@@ -142,7 +142,13 @@ class AdapterConfig(_Section):
 
     def system_for(self, token: str) -> str | None:
         """The name of the agency system whose token this is, or None."""
-        digest = hashlib.sha256(token.encode()).hexdigest()
+        try:
+            # aiohttp keeps header bytes that are not UTF-8 as surrogates: hash the bytes sent.
+            # (A plain encode() raised on them: a 500 for any such token, found by fuzzing.)
+            raw = token.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return None
+        digest = hashlib.sha256(raw).hexdigest()
         for system in self.systems:
             if hmac.compare_digest(digest, system.token_sha256):
                 return system.name

@@ -49,6 +49,7 @@ PURE = [
     "broker/audit/ports.py",
     "adapters/canonical.py",
     "adapters/core.py",
+    "adapters/openapi.py",
     "adapters/mappings",
 ]
 

@@ -8,9 +8,8 @@ status code, content type and body as documented wherever the document says.
 Each request is made with a security officer's and with an agency adapter's
 certificate, so that both sides of every role check are fuzzed.
 
-The adapters' agency API has no OpenAPI document (docs/adapters describes it
-in prose), so it is not fuzzed here; tests/test_hostile_http.py and
-tests/test_fuzz_parsers.py cover its parser and mappings.
+The adapters' agency API has a document of its own (adapters/openapi.py) and
+is fuzzed against five live adapters by tests/test_fuzz_adapter_api.py.
 
 ``BACKA_FUZZ_EXAMPLES`` sets how many examples schemathesis draws per
 operation (default 10, about a minute here); a long run sets a larger number.
