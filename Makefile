@@ -41,10 +41,8 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-# The scale-out stream (tests/test_cluster.py, marker scaleout) runs in `make cluster-test`
-# only: about one run in six it fails (issue 9's note), and a flaky test must not gate CI.
 pytest: venv
-	deploy/dev/run-pytest.sh $(BIN)/pytest -m "not scaleout" $(PYTEST_ARGS)
+	deploy/dev/run-pytest.sh $(BIN)/pytest $(PYTEST_ARGS)
 
 bench: venv
 	$(BIN)/python -m bench.envelope

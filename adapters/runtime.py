@@ -30,6 +30,7 @@ import asyncio
 import hashlib
 import json
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -100,10 +101,15 @@ TYPE_CONTROL: Final = "backa.control.v1"
 
 #: Longest wait between two attempts at publishing or handing over.
 MAX_BACKOFF_S: Final = 60.0
+#: Shortest time between two renewals of the publishing channel.
+RENEW_INTERVAL_S: Final = 1.0
 
 TRANSIENT: tuple[type[Exception], ...] = (
     aio_pika.exceptions.AMQPError,
     aiormq.exceptions.AMQPError,
+    # A channel used while the robust connection reopens it (after a node was lost):
+    # aio-pika raises this RuntimeError, not an AMQPError.
+    aiormq.exceptions.ChannelInvalidStateError,
     ConnectionError,
     asyncio.TimeoutError,
 )
@@ -164,6 +170,9 @@ class AdapterRuntime:
     _consents: dict[str, ConsentState] = field(default_factory=dict, init=False)
     _connection: AbstractRobustConnection | None = field(default=None, init=False)
     _channel: AbstractRobustChannel | None = field(default=None, init=False)
+    #: The channel the outbox publishes on, apart from the consumer's (see _renew_publisher).
+    _publisher: AbstractRobustChannel | None = field(default=None, init=False)
+    _renewed_at: float = field(default=0.0, init=False)
     _control: AbstractQueue | None = field(default=None, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     _wake_outbox: asyncio.Event = field(default_factory=asyncio.Event, init=False)
@@ -263,6 +272,9 @@ class AdapterRuntime:
             # Passive: an adapter may not declare (docs/PROTOCOL.md §8).
             queue = await channel.get_queue(agency_queue(self.agency_id), ensure=True)
             self._control = await channel.get_queue(control_queue(self.agency_id), ensure=True)
+            # Publishing has a channel of its own, so that a refused publish can get a
+            # new one without touching the consumer's unacknowledged deliveries.
+            self._publisher = await connection.channel(publisher_confirms=True)
             self._channel = channel
             self._connection = connection
             self._consumer = (queue, await queue.consume(self._on_message))
@@ -388,13 +400,50 @@ class AdapterRuntime:
                     until = self.clock() + backoff(item.attempts)
                     await self.store.defer(item.id, until)
                     _log.warning(
-                        "publish_deferred", id=item.id, cause=type(exc).__name__, until=until
+                        "publish_deferred",
+                        id=item.id,
+                        cause=type(exc).__name__,
+                        detail=_frame_name(exc),
+                        until=until,
                     )
+                    if isinstance(exc, aiormq.exceptions.DeliveryError):
+                        await self._renew_publisher()
                     return
                 await self.store.mark_sent(item.id, self.clock())
 
+    async def _renew_publisher(self) -> None:
+        """Publish on a new channel from now on: RabbitMQ refused a publish on this one.
+
+        RabbitMQ 3.10 keeps, per channel and quorum queue, a client of the queue
+        that knows where its leader is. A channel whose first publish to the queue
+        comes while the queue's record still names a stopped node as its leader
+        (a node stopped, no new leader elected yet) asks that node, is refused
+        (``basic.nack``) and refuses every later publish the same way for as long
+        as the channel lives: ``rabbit_fifo_client:enqueue/3`` answers
+        ``{badrpc, nodedown}`` with ``reject_publish`` and keeps its state.
+        tests/test_cluster.py saw the police adapter refused for minutes after
+        failing over. A new channel starts from the queue's current record.
+        """
+        connection = self._connection
+        now = time.monotonic()
+        if connection is None or connection.is_closed or now - self._renewed_at < RENEW_INTERVAL_S:
+            return
+        self._renewed_at = now
+        old = self._publisher
+        try:
+            publisher = await connection.channel(publisher_confirms=True)
+        except CONNECT_ERRORS as exc:
+            # RabbitMQ is away again: the robust connection reopens the old channel.
+            _log.warning("publisher_channel_renewal_failed", cause=type(exc).__name__)
+            return
+        self._publisher = publisher
+        _log.warning("publisher_channel_renewed", agency=self.agency_id)
+        if old is not None:
+            with suppress(*TRANSIENT, RuntimeError):
+                await old.close()
+
     async def _publish(self, item_id: str, amqp_type: str, body: bytes) -> None:
-        channel = self._channel
+        channel = self._publisher
         if channel is None or channel.is_closed:
             raise NotReady("no channel")
         exchange = await channel.get_exchange(INGRESS_EXCHANGE, ensure=False)
@@ -852,6 +901,15 @@ def _default_expiry(submission: Submission, now: datetime, ttl: timedelta) -> da
     if isinstance(submission.content, TeamInvitation) and submission.content.meeting_at > now:
         return submission.content.meeting_at
     return now + ttl
+
+
+def _frame_name(exc: BaseException) -> str:
+    """What RabbitMQ answered a refused publish with (Basic.Nack, Basic.Return …), else ''."""
+    frame = getattr(exc, "frame", None)
+    if frame is None:
+        return ""
+    text = getattr(frame, "reply_text", None)
+    return f"{type(frame).__name__}{f': {text}' if text else ''}"
 
 
 def _receipt_row(signed: SignedReceipt) -> tuple[str, bytes, str]:

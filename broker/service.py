@@ -80,6 +80,12 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     StoreUnavailable,
     aio_pika.exceptions.AMQPError,
     aiormq.exceptions.AMQPError,
+    # A channel used while the robust connection reopens it: aio-pika raises this
+    # RuntimeError, not an AMQPError. After a reconnect aio-pika reopens the channels
+    # one at a time, in no fixed order: the consumer's may deliver before the
+    # publisher's is open again. A nack would send the message round again, each
+    # time counting toward its delivery limit (then dead-lettered, never routed).
+    aiormq.exceptions.ChannelInvalidStateError,
     ConnectionError,
     asyncio.TimeoutError,
 )
@@ -280,21 +286,33 @@ class BrokerService:
         After a cluster node stopped, RabbitMQ 3.10 was seen (tests/test_cluster.py)
         to refuse publishes on the broker's channel for minutes on end, long after
         the quorum queues had new leaders; a channel keeps per-queue state of its
-        own, so a refused publish gets a new channel for every later one.
+        own, so a refused publish gets a new channel for every later one. The
+        state is 3.10.8's ``rabbit_fifo_client``: a channel's first publish to a
+        quorum queue asks the leader the queue's record names; while that is a
+        stopped node (no new leader elected yet) the answer ``{badrpc, nodedown}``
+        becomes ``reject_publish`` (basic.nack) and the state is kept, so every
+        later publish on that channel is refused the same way. The adapters
+        renew their publishing channel the same way (adapters/runtime.py).
         """
         async with self._renew_lock:
             if time.monotonic() - self._renewed_at < 1.0 or self._connection is None:
                 return  # another task renewed it just now
             old = self._publisher
-            publisher = await self._connection.channel(
-                publisher_confirms=True, on_return_raises=True
-            )
-            self._deliver = await publisher.declare_exchange(
-                DELIVER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
-            )
-            self._control = await publisher.declare_exchange(
-                CONTROL_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
-            )
+            try:
+                publisher = await self._connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+                deliver = await publisher.declare_exchange(
+                    DELIVER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+                )
+                control = await publisher.declare_exchange(
+                    CONTROL_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+                )
+            except TRANSIENT as exc:
+                # RabbitMQ went away meanwhile: the robust connection reopens the old one.
+                _log.warning("publisher_channel_renewal_failed", cause=type(exc).__name__)
+                return
+            self._deliver, self._control = deliver, control
             self._publisher = publisher
             self._renewed_at = time.monotonic()
             _log.warning("publisher_channel_renewed")

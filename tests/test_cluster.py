@@ -16,12 +16,18 @@ every sender must see it delivered, and the audit log must verify against
 a fresh broker-signed checkpoint with no gap.
 
 ``BACKA_CLUSTER_MESSAGES`` sets the length of the stream (``make cluster-test``
-runs a longer one than ``make test``).
+runs a longer one than ``make test``). When the test fails, or always if
+``BACKA_CLUSTER_LOG_DIR`` names a folder, every process's log lines (JSON
+lines, one file a process), the RabbitMQ nodes' own logs and the cluster's
+queues and consumers as RabbitMQ saw them at the end are kept there (on a
+failure without the setting: in the test's temporary folder), and the folder
+is printed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -55,6 +61,20 @@ SCRIPT = Path("deploy/cluster/cluster.sh").resolve()
 MESSAGES = int(os.environ.get("BACKA_CLUSTER_MESSAGES", "240"))
 #: How long everything may take to arrive after the last report was sent.
 SETTLE_S = 240.0
+#: Where to keep every log of the run even when it passes ("": only on a failure).
+KEEP_LOGS = os.environ.get("BACKA_CLUSTER_LOG_DIR", "")
+#: What rabbitmqctl is asked about the queues and consumers at the end of a run.
+QUEUE_INFO = [
+    "name",
+    "type",
+    "leader",
+    "members",
+    "online",
+    "messages",
+    "messages_ready",
+    "messages_unacknowledged",
+    "consumers",
+]
 
 
 @dataclass(frozen=True)
@@ -155,11 +175,21 @@ async def test_a_stream_survives_a_rabbitmq_node_and_a_broker_instance_dying(
         console=Console(quiet=True),
         wait_s=120.0,
     )
+    failed = True
     try:
         async with fresh_postgres_database() as database_url:
             outcome = await _run(demo, cluster, case_system, database_url)
+        failed = False
     finally:
+        # What RabbitMQ holds while the processes still run (their consumers).
+        rabbit = _rabbit_state(cluster) if failed or KEEP_LOGS else ""
         await demo.stop_all()
+        if failed or KEEP_LOGS:
+            folder = Path(KEEP_LOGS) if KEEP_LOGS else tmp_path / "logs"
+            try:
+                _keep_logs(demo, cluster, rabbit, folder)
+            except OSError as exc:  # never hide the test's own failure behind this one
+                print(f"the run's logs could not be kept in {folder}: {exc}")  # noqa: T201
     assert (outcome.handed_over, outcome.lost, outcome.webhook_repeats) == (MESSAGES, 0, 0)
 
 
@@ -183,8 +213,11 @@ async def _run(demo: Demo, cluster: Cluster, system: AgencySystem, database_url:
     )
     await _print_storage(database_url, len(sent))
     print(  # noqa: T201 - how often RabbitMQ refused a publish, and the remedy was used
-        f"refused publishes retried {log_count(demo, 'transient_failure')}, "
-        f"publisher channels renewed {log_count(demo, 'publisher_channel_renewed')}"
+        f"transient failures retried by the brokers {log_count(demo, 'transient_failure')}, "
+        f"publishes the adapters deferred {log_count(demo, 'publish_deferred')}, "
+        f"publisher channels renewed {log_count(demo, 'publisher_channel_renewed')}, "
+        f"messages failed {log_count(demo, 'message_failed')}, "
+        f"dead-lettered {log_count(demo, 'dead_lettered')}"
     )
     first = f"127.0.0.1:{cluster.ports[0]}"
     for name in ("broker", POLICE, SOCIAL):
@@ -215,3 +248,53 @@ async def _print_storage(database_url: str, messages: int) -> None:
         f"{r['relname']} {r['n_live_tup']} rows {int(r['bytes']) // 1024} KiB" for r in rows
     )
     print(f"PostgreSQL: {total / messages:.0f} bytes per message in all; {tables}")  # noqa: T201
+
+
+def _rabbit_state(cluster: Cluster) -> str:
+    """The vhost's queues (leader, members, counts, consumers) and consumers, as a node sees them.
+
+    Asks node 2, then node 3 (node 1 was stopped); never fails the test itself.
+    """
+    parts = []
+    for node in (2, 3):
+        answered = True
+        for args in (
+            ["list_queues", "-p", "backa", *QUEUE_INFO],
+            ["list_consumers", "-p", "backa"],
+            ["list_connections", "name", "user", "channels", "state"],
+            ["cluster_status"],
+        ):
+            try:
+                done = subprocess.run(  # noqa: S603 - our own script, fixed arguments
+                    [str(SCRIPT), "ctl", str(node), *args],
+                    env={**os.environ, **cluster.env},
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                parts.append(f"node {node} {args[0]}: timed out")
+                answered = False
+                continue
+            answered = answered and done.returncode == 0
+            parts.append(f"node {node} {' '.join(args)} (exit {done.returncode}):\n{done.stdout}")
+            if done.stderr.strip():
+                parts.append(done.stderr)
+        if answered:
+            break
+    return "\n".join(parts)
+
+
+def _keep_logs(demo: Demo, cluster: Cluster, rabbit: str, folder: Path) -> None:
+    """Write every process's log lines, the nodes' logs and ``rabbit`` to ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, proc in enumerate([*demo.finished, *demo.procs.values()]):
+        with (folder / f"{index:02d}-{proc.name}.jsonl").open("w") as out:
+            for line in proc.lines:
+                out.write(json.dumps(line, default=str) + "\n")
+    (folder / "rabbitmq-state.txt").write_text(rabbit)
+    nodes = Path(cluster.env["BACKA_CLUSTER_DIR"])
+    for log in nodes.glob("node*/log/*.log"):
+        shutil.copy(log, folder / f"{log.parent.parent.name}-{log.name}")
+    print(f"the run's logs are in {folder}")  # noqa: T201 - where to read them
