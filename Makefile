@@ -14,7 +14,7 @@ export BACKA_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export BACKA_TEST_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
 .PHONY: demo test venv rabbitmq postgres services lint typecheck pytest bench schemas lock clean \
-	cluster-up cluster-down cluster-test faults fuzz
+	cluster-up cluster-down cluster-test faults fuzz bench-state
 
 demo: venv rabbitmq
 	$(BIN)/backa demo
@@ -43,6 +43,11 @@ typecheck: venv
 
 pytest: venv
 	deploy/dev/run-pytest.sh $(BIN)/pytest $(PYTEST_ARGS)
+
+# The state at national scale: 1,000,000 consents and 10,000,000 audit entries in a fresh
+# PostgreSQL database (about 20 minutes here); bench/results/state_scale.json.
+bench-state: venv postgres
+	$(BIN)/python -m bench.state_scale
 
 bench: venv
 	$(BIN)/python -m bench.envelope

@@ -96,6 +96,8 @@ COMMAND_TIMEOUT_S: Final = 30
 MIGRATION_LOCK_KEY: Final = 0x6261636B61
 #: Milliseconds a SQLite writer waits for another writer's lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+#: Consents read per statement when every consent is read (``SqlStore.consents``).
+CONSENT_PAGE: Final = 10_000
 
 # Lengths are generous bounds on the wire contract's patterns (ids and key ids
 # are at most 64 characters, codes far less), so that a bug cannot fill a row.
@@ -1388,11 +1390,38 @@ class SqlStore:
         return [_deadline_row(row, recipients.get(row["message_id"], ())) for row in rows]
 
     async def consents(self, *, child: str | None = None) -> list[ConsentRow]:
-        """Every stored consent (of one child, if given), oldest registration first."""
-        query = sa.select(CONSENTS).order_by(CONSENTS.c.registered_at, CONSENTS.c.consent_id)
+        """Every stored consent (of one child, if given), oldest registration first.
+
+        All of them are read in pages of ``CONSENT_PAGE`` by primary key, one
+        snapshot for every page: in one statement, a million consents (the
+        broker's start, ``ConsentRegistry.load``) took about 30 s on
+        PostgreSQL, its sort spilling a gigabyte to disk, and failed at
+        ``COMMAND_TIMEOUT_S`` (bench/state_scale.py).
+        """
         if child is not None:
-            query = query.where(CONSENTS.c.child == child)
+            query = (
+                sa.select(CONSENTS)
+                .where(CONSENTS.c.child == child)
+                .order_by(CONSENTS.c.registered_at, CONSENTS.c.consent_id)
+            )
+            with _boundary(self._url):
+                async with self._engine.connect() as conn:
+                    rows = (await conn.execute(query)).mappings().all()
+            return [ConsentRow(**row) for row in rows]
+        consents: list[ConsentRow] = []
         with _boundary(self._url):
             async with self._engine.connect() as conn:
-                rows = (await conn.execute(query)).mappings().all()
-        return [ConsentRow(**row) for row in rows]
+                if conn.dialect.name == "postgresql":
+                    # SQLite's one read transaction is one snapshot already.
+                    await conn.execution_options(isolation_level="REPEATABLE READ")
+                after: str | None = None
+                while True:
+                    page = sa.select(CONSENTS).order_by(CONSENTS.c.consent_id).limit(CONSENT_PAGE)
+                    if after is not None:
+                        page = page.where(CONSENTS.c.consent_id > after)
+                    rows = (await conn.execute(page)).mappings().all()
+                    consents += [ConsentRow(**row) for row in rows]
+                    if len(rows) < CONSENT_PAGE:
+                        break
+                    after = rows[-1]["consent_id"]
+        return sorted(consents, key=lambda row: (row.registered_at, row.consent_id))
