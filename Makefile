@@ -49,10 +49,14 @@ pytest: venv
 bench-state: venv postgres
 	$(BIN)/python -m bench.state_scale
 
+# The full round trip runs long (it is CPU-bound at about 20 messages a second here):
+# ROUND_TRIP_ARGS sets its counts (its own defaults: 100,000 for memory, 50,000 backlog).
+ROUND_TRIP_ARGS ?= --memory-messages 20000 --backlog 20000
 bench: venv
 	$(BIN)/python -m bench.envelope
 	deploy/dev/ensure-rabbitmq.sh
 	$(BIN)/python -m bench.broker_hop
+	$(BIN)/python -m bench.round_trip $(ROUND_TRIP_ARGS)
 	$(BIN)/python -m bench.audit
 
 # A three-node RabbitMQ cluster on this machine (deploy/cluster/README.md), and the
