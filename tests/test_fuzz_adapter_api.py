@@ -459,17 +459,22 @@ def _repaired(node: Any, recipients: list[str]) -> Any:
     return node
 
 
-def _fuzz(case: schemathesis.Case[Any], live_area: LiveArea, mapping: str) -> None:
+def _fuzz(case: schemathesis.Case[Any], live_area: LiveArea, mapping: str) -> list[int]:
+    """Send ``case`` (and its variants with a real id or repaired body), validating each
+    answer against the document; the status of every answer."""
     adapter = live_area.adapters[mapping]
     token = {"Authorization": f"Bearer {TOKEN}"}
+    statuses = []
     response = case.call(base_url=adapter.url, headers=token, timeout=TIMEOUT)
     case.validate_response(response, checks=CHECKS)
+    statuses.append(response.status_code)
     real = _real_id(case, adapter)
     if real is not None:
         assert case.path_parameters is not None
         case.path_parameters["id"] = real
         response = case.call(base_url=adapter.url, headers=token, timeout=TIMEOUT)
         case.validate_response(response, checks=CHECKS)
+        statuses.append(response.status_code)
     if case.path == "/v1/messages" and case.method == "POST":
         others = [a.agency for a in live_area.adapters.values() if a is not adapter]
         repaired = _repaired(case.body, others)
@@ -477,6 +482,8 @@ def _fuzz(case: schemathesis.Case[Any], live_area: LiveArea, mapping: str) -> No
             case.body = repaired
             response = case.call(base_url=adapter.url, headers=token, timeout=TIMEOUT)
             case.validate_response(response, checks=CHECKS)
+            statuses.append(response.status_code)
+    return statuses
 
 
 @SCHEMAS["school"].parametrize()
@@ -484,7 +491,9 @@ def test_the_school_adapter_survives_fuzzing(
     case: schemathesis.Case[Any], live_area: LiveArea
 ) -> None:
     """The elevhälsa form's API: no 5xx, every answer as documented."""
-    _fuzz(case, live_area, "school")
+    statuses = _fuzz(case, live_area, "school")
+    assert statuses, "every case was sent"
+    assert all(status < 500 for status in statuses), statuses
 
 
 @SCHEMAS["social_services"].parametrize()
@@ -492,7 +501,9 @@ def test_the_social_services_adapter_survives_fuzzing(
     case: schemathesis.Case[Any], live_area: LiveArea
 ) -> None:
     """Social services' API (canonical in, cases out): no 5xx, every answer as documented."""
-    _fuzz(case, live_area, "social_services")
+    statuses = _fuzz(case, live_area, "social_services")
+    assert statuses, "every case was sent"
+    assert all(status < 500 for status in statuses), statuses
 
 
 @SCHEMAS["canonical"].parametrize()
@@ -500,7 +511,9 @@ def test_the_canonical_adapter_survives_fuzzing(
     case: schemathesis.Case[Any], live_area: LiveArea
 ) -> None:
     """The canonical JSON form's API: no 5xx, every answer as documented."""
-    _fuzz(case, live_area, "canonical")
+    statuses = _fuzz(case, live_area, "canonical")
+    assert statuses, "every case was sent"
+    assert all(status < 500 for status in statuses), statuses
 
 
 @SCHEMAS["fhir"].parametrize()
@@ -508,7 +521,9 @@ def test_the_fhir_adapter_survives_fuzzing(
     case: schemathesis.Case[Any], live_area: LiveArea
 ) -> None:
     """The FHIR API: no 5xx, every answer as documented."""
-    _fuzz(case, live_area, "fhir")
+    statuses = _fuzz(case, live_area, "fhir")
+    assert statuses, "every case was sent"
+    assert all(status < 500 for status in statuses), statuses
 
 
 @SCHEMAS["police"].parametrize()
@@ -516,7 +531,9 @@ def test_the_police_adapter_survives_fuzzing(
     case: schemathesis.Case[Any], live_area: LiveArea
 ) -> None:
     """The police form's API: no 5xx, every answer as documented."""
-    _fuzz(case, live_area, "police")
+    statuses = _fuzz(case, live_area, "police")
+    assert statuses, "every case was sent"
+    assert all(status < 500 for status in statuses), statuses
 
 
 # Ten times the examples: one small GET each, and the bytes that broke it are a few in 256.
