@@ -454,11 +454,16 @@ async def start_adapter(
     )
 
     async def connected() -> bool:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(demo.adapter_url(agency) + "/healthz") as response,
-        ):
-            return bool((await response.json())["rabbitmq"] == "connected")
+        if proc.process.returncode is not None:
+            raise DemoStepError(f"{agency}'s adapter exited ({proc.process.returncode})")
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(demo.adapter_url(agency) + "/healthz") as response,
+            ):
+                return bool((await response.json())["rabbitmq"] == "connected")
+        except aiohttp.ClientConnectionError:
+            return False  # not listening yet, or it just died: the check above tells which
 
     await demo.until(f"{agency}'s adapter connecting to RabbitMQ", connected)
     return proc
