@@ -26,7 +26,23 @@ _FORBIDDEN = re.compile(
 #: Anything that looks like a Swedish personal identity number, in any value.
 _PNR_LIKE = re.compile(r"(?<!\d)(?:\d{2})?\d{6}[-+]?\d{4}(?!\d)")
 
+#: A UUID (message, matter and receipt ids): its groups are hex, and one in a hundred
+#: UUIDv7s has a run of ten or twelve decimal digits that is no personnummer.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
 REDACTED = "[redacted]"
+
+
+def _mask(value: str) -> str:
+    """``value`` with personnummer-like digits masked, outside any UUID it holds."""
+    kept = 0
+    parts: list[str] = []
+    for found in _UUID.finditer(value):
+        parts.append(_PNR_LIKE.sub(REDACTED, value[kept : found.start()]))
+        parts.append(found.group())
+        kept = found.end()
+    parts.append(_PNR_LIKE.sub(REDACTED, value[kept:]))
+    return "".join(parts)
 
 
 def redact(
@@ -39,7 +55,7 @@ def redact(
             continue
         value = event_dict[key]
         if isinstance(value, str) and _PNR_LIKE.search(value):
-            event_dict[key] = _PNR_LIKE.sub(REDACTED, value)
+            event_dict[key] = _mask(value)
     return event_dict
 
 
