@@ -20,7 +20,7 @@ store, with its anchor in the same run and the ratio printed:
   timed is verified against the checkpoint with ``merkle.verify_inclusion``.
   Anchors: the same call on a log of ``--small-entries`` (a second database
   loaded alike: the ratio is what the log's size costs), reading the same
-  subtree hashes (``broker.audit.log.read_nodes``) on a read-only connection,
+  subtree hashes (``broker.store.read_nodes``) on a read-only connection,
   computing the proof from them in memory, appending one ``audit_read`` entry
   alone, and one ``SELECT 1`` through the store's engine.
 * **export verification** (measured and reported) -- ``backa audit verify``
@@ -98,7 +98,7 @@ from broker.audit.entry import (
     receipt_entry,
     routed_entry,
 )
-from broker.audit.log import AuditLog, origin_for, read_nodes
+from broker.audit.log import AuditLog, origin_for
 from broker.audit.note import open_checkpoint
 from broker.audit.ports import Checkpoint, LoggedEntry
 from broker.consents import ConsentBook, ConsentPolicy, ConsentRegistry
@@ -112,6 +112,7 @@ from broker.store import (
     SqlStore,
     create_store,
     migrate,
+    read_nodes,
 )
 from keys.ca import PeerIdentity, Role
 from keys.directory import Directory, canonical_json

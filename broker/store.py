@@ -628,6 +628,32 @@ def _event_from(row: sa.RowMapping) -> StatusEvent:
 AUDIT_LOCK_KEY: Final = 0x62_61_63_6B_61_75_64  # "backaud"
 
 
+async def read_nodes(
+    conn: AsyncConnection, keys: Iterable[tuple[int, int]]
+) -> dict[tuple[int, int], bytes]:
+    """The stored subtree hashes at ``keys``, in one query.
+
+    Spelt ``(level = a AND idx = b) OR ...``: SQLite plans a row-value ``IN``
+    as a scan of the whole table (204 ms for 37 keys among 2.1 million nodes)
+    but this as one primary-key lookup per pair (3.2 ms); PostgreSQL plans
+    both the same, as a ``BitmapOr`` of primary-key index scans.
+    """
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    rows = await conn.execute(
+        sa.select(AUDIT_NODES.c.level, AUDIT_NODES.c.idx, AUDIT_NODES.c.hash).where(
+            sa.or_(
+                *(
+                    sa.and_(AUDIT_NODES.c.level == level, AUDIT_NODES.c.idx == idx)
+                    for level, idx in wanted
+                )
+            )
+        )
+    )
+    return {(r.level, r.idx): bytes(r.hash) for r in rows}
+
+
 async def append_audit(conn: AsyncConnection, entries: Sequence[AuditEntry]) -> list[int]:
     """Append ``entries`` to the audit tree inside the caller's transaction; their indices.
 
@@ -642,15 +668,7 @@ async def append_audit(conn: AsyncConnection, entries: Sequence[AuditEntry]) -> 
         await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(AUDIT_LOCK_KEY)))
     size = await conn.scalar(sa.select(sa.func.coalesce(sa.func.max(AUDIT_ENTRIES.c.seq) + 1, 0)))
     size = int(size or 0)
-    known: dict[tuple[int, int], bytes] = {}
-    edge = merkle.needed_nodes_for_root(size)
-    if edge:
-        rows = await conn.execute(
-            sa.select(AUDIT_NODES.c.level, AUDIT_NODES.c.idx, AUDIT_NODES.c.hash).where(
-                sa.tuple_(AUDIT_NODES.c.level, AUDIT_NODES.c.idx).in_(list(edge))
-            )
-        )
-        known.update({(r.level, r.idx): bytes(r.hash) for r in rows})
+    known = await read_nodes(conn, merkle.needed_nodes_for_root(size))
 
     def get(level: int, index: int) -> bytes:
         return known[(level, index)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 
@@ -41,6 +41,7 @@ from broker.store import (
     AUDIT_PARTIES,
     StoreUnavailable,
     append_audit,
+    read_nodes,
 )
 from keys.envelope import SenderKey
 
@@ -63,21 +64,6 @@ async def log_size(conn: AsyncConnection) -> int:
     """How many entries the log holds."""
     size = await conn.scalar(sa.select(sa.func.coalesce(sa.func.max(AUDIT_ENTRIES.c.seq) + 1, 0)))
     return int(size or 0)
-
-
-async def read_nodes(
-    conn: AsyncConnection, keys: Iterable[tuple[int, int]]
-) -> dict[tuple[int, int], bytes]:
-    """The stored subtree hashes at ``keys``, in one query."""
-    wanted = list(keys)
-    if not wanted:
-        return {}
-    rows = await conn.execute(
-        sa.select(AUDIT_NODES.c.level, AUDIT_NODES.c.idx, AUDIT_NODES.c.hash).where(
-            sa.tuple_(AUDIT_NODES.c.level, AUDIT_NODES.c.idx).in_(wanted)
-        )
-    )
-    return {(r.level, r.idx): bytes(r.hash) for r in rows}
 
 
 def _getter(nodes: dict[tuple[int, int], bytes]) -> Callable[[int, int], bytes]:
