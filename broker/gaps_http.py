@@ -82,9 +82,7 @@ async def _gaps(request: web.Request) -> web.Response:
     now = request.app[CLOCK]()
     horizon = now + timedelta(hours=int(raw))
     agency = None if _sees_area(peer) else peer.agency
-    matters = [
-        m for m in await request.app[STORE].open_matters(agency=agency) if m.due_at <= horizon
-    ]
+    matters = await request.app[STORE].open_matters(agency=agency, due_by=horizon)
     body = {"matters": [_out(m, now) for m in matters], "at": now.isoformat()}
     return web.json_response(body, dumps=json.dumps, headers={"Cache-Control": "no-store"})
 

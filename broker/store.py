@@ -1380,12 +1380,40 @@ class SqlStore:
         matters = await self._matters(DEADLINES.c.id == deadline_id)
         return matters[0] if matters else None
 
-    async def open_matters(self, *, agency: str | None = None) -> list[DeadlineRow]:
-        """Every open deadline (of matters ``agency`` sends or receives, if given), oldest first."""
-        matters = await self._matters(DEADLINES.c.state == "open")
-        if agency is None:
-            return matters
-        return [m for m in matters if agency == m.sender or agency in m.recipients]
+    async def open_matters(
+        self, *, agency: str | None = None, due_by: datetime | None = None
+    ) -> list[DeadlineRow]:
+        """Every open deadline, oldest first: of matters ``agency`` sends or receives,
+        and due at or before ``due_by``, where given (both filtered in the query)."""
+        condition = DEADLINES.c.state == "open"
+        if due_by is not None:
+            condition = sa.and_(condition, DEADLINES.c.due_at <= due_by)
+        if agency is not None:
+            receives = sa.select(MESSAGE_RECIPIENTS.c.message_id).where(
+                MESSAGE_RECIPIENTS.c.agency == agency
+            )
+            condition = sa.and_(
+                condition,
+                sa.or_(MESSAGES.c.sender == agency, DEADLINES.c.message_id.in_(receives)),
+            )
+        return await self._matters(condition)
+
+    async def open_matter_counts(self) -> tuple[dict[str, int], datetime | None]:
+        """How many deadlines are open per rule, and the earliest open one's due time.
+
+        One grouped query over the ``(state, due_at)`` index, for the watchdog's
+        gauges: it reads no matter, however many are open.
+        """
+        query = (
+            sa.select(DEADLINES.c.rule, sa.func.count(), sa.func.min(DEADLINES.c.due_at))
+            .where(DEADLINES.c.state == "open")
+            .group_by(DEADLINES.c.rule)
+        )
+        with _boundary(self._url):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        earliest = min((due for _rule, _count, due in rows), default=None)
+        return {rule: int(count) for rule, count, _due in rows}, earliest
 
     async def _matters(self, condition: sa.ColumnElement[bool]) -> list[DeadlineRow]:
         query = (

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -180,11 +179,10 @@ class Watchdog:
         """Refresh the open-matter gauges (for /metrics)."""
         if self.metrics is None:
             return
-        matters = await self.store.open_matters()
+        by_rule, earliest = await self.store.open_matter_counts()
         now = self.clock() + self.time_warp
-        by_rule = Counter(m.rule for m in matters)
-        oldest = max(((now - m.due_at).total_seconds() for m in matters), default=0.0)
-        self.metrics.set_open_matters(dict(by_rule), oldest)
+        oldest = (now - earliest).total_seconds() if earliest is not None else 0.0
+        self.metrics.set_open_matters(by_rule, oldest)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Escalate what is due every ``interval_s`` seconds until ``stop`` (between rounds)."""

@@ -69,6 +69,46 @@ async def test_a_deadline_opens_once_and_closes_when_someone_acts(store: SqlStor
     ]
 
 
+async def test_open_matters_filter_by_party_and_due_time_and_count_per_rule(
+    store: SqlStore,
+) -> None:
+    """The gaps view's filters and the watchdog's gauges, computed in the query."""
+    first, second = await _messages(store, 2)
+    other = _record(sender="vc-backa", recipients=("bvc-backa",))
+    await store.record_decision(other, [])
+    await store.open_deadlines(
+        [
+            (first, "referral.not-answered", "soc-backa", T0 + timedelta(hours=2)),
+            (second, "referral.not-answered", "bup-vast", T0 + timedelta(hours=30)),
+            (second, "delivery", "soc-backa", T0 + timedelta(hours=1)),
+            (other.message_id, "delivery", "bvc-backa", T0 + timedelta(hours=5)),
+        ]
+    )
+    await store.close_deadlines(second, ["delivery"], "soc-backa", T0)
+
+    def seen(rows: Sequence[DeadlineRow]) -> list[tuple[str, str | None]]:
+        return [(m.message_id, m.agency) for m in rows]
+
+    assert seen(await store.open_matters(due_by=T0 + timedelta(hours=24))) == [
+        (first, "soc-backa"),
+        (other.message_id, "bvc-backa"),
+    ]
+    assert seen(await store.open_matters(agency="skola-backa")) == [
+        (first, "soc-backa"),
+        (second, "bup-vast"),
+    ], "the sender sees its matters"
+    assert seen(await store.open_matters(agency="bvc-backa")) == [(other.message_id, "bvc-backa")]
+    assert await store.open_matters(agency="polis-syd") == []
+    assert await store.open_matter_counts() == (
+        {"referral.not-answered": 2, "delivery": 1},
+        T0 + timedelta(hours=2),
+    )
+
+
+async def test_no_open_matter_counts_nothing(store: SqlStore) -> None:
+    assert await store.open_matter_counts() == ({}, None)
+
+
 async def test_a_deadline_fires_at_its_time_not_a_microsecond_before(store: SqlStore) -> None:
     """escalate_due takes nothing early; at the due time it escalates and moves to the repeat."""
     (mid,) = await _messages(store, 1)
