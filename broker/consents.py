@@ -70,13 +70,20 @@ class ConsentBook:
     """Every known consent by id, as the policy reads it. Only the registry writes it."""
 
     states: dict[str, ConsentState] = field(default_factory=dict)
+    #: The ids of each child's consents, first put first (a dict as an ordered set).
+    by_child: dict[str, dict[str, None]] = field(default_factory=dict)
 
     def put(self, row: ConsentRow) -> ConsentState:
         """Add or refresh one consent from its stored row (signature already verified)."""
         record = ConsentRecord.model_validate_json(b64url_decode(row.payload))
         state = ConsentState(record=record, revoked_at=row.revoked_at)
         self.states[row.consent_id] = state
+        self.by_child.setdefault(record.child, {})[row.consent_id] = None
         return state
+
+    def of_child(self, child: str) -> list[ConsentState]:
+        """The consents about ``child``, in the order they were first put (oldest first)."""
+        return [self.states[consent_id] for consent_id in self.by_child.get(child, ())]
 
 
 @dataclass(frozen=True)
@@ -264,8 +271,8 @@ class ConsentRegistry:
             agency = peer.agency
             return [
                 s
-                for s in self.book.states.values()
-                if s.record.child == child and consent_allows_party(s.record, agency, directory)
+                for s in self.book.of_child(child)
+                if consent_allows_party(s.record, agency, directory)
             ]
         return []
 

@@ -169,11 +169,16 @@ async def test_register_list_and_revoke(served: Served) -> None:
     assert [c["consent"]["id"] for c in listed["consents"]] == [CONSENT_ID]
     status, listed = await _get(served, BUP, f"/v1/consents?child={CHILD}")
     assert (status, listed["consents"]) == (200, []), "BUP is not a party and sees nothing"
+    other_child = "0" * 64 if CHILD != "0" * 64 else "1" * 64
+    status, listed = await _get(served, SOCIAL, f"/v1/consents?child={other_child}")
+    assert (status, listed["consents"]) == (200, []), "another child's list holds none of it"
     status, revoked = await _post(
         served, SOCIAL, f"/v1/consents/{CONSENT_ID}/revoke", _revocation(served, SOCIAL)
     )
     assert status == 200, revoked
     assert revoked["revoked_at"] is not None
+    status, listed = await _get(served, SOCIAL, f"/v1/consents?child={CHILD}")
+    assert [c["revoked_at"] is not None for c in listed["consents"]] == [True], "listed once"
     stored = await served.store.consents(child=CHILD)
     assert stored[0].revoked_at is not None
     assert stored[0].revocation_signature
