@@ -14,11 +14,11 @@ the audit), step by step:
    web inbox;
 4. the police report concern to social services under OSL 10 kap. 28 §, no
    consent needed;
-5. a referral to an agency outside the consent is refused with its reason;
+5. a referral nobody answers is escalated to the stödsamordnare (the
+   watchdog's clock runs 40 days ahead, and the output says so);
+6. a referral to an agency outside the consent is refused with its reason;
    the consent is revoked while a referral waits in BUP's queue, and it is
    not handed over;
-6. a referral nobody answers is escalated to the stödsamordnare (the
-   watchdog's clock runs 40 days ahead, and the output says so);
 7. the security officer verifies the audit log against a signed checkpoint
    and pulls the child's log extract.
 
