@@ -8,19 +8,21 @@ project's 2-core machine that capped the broker hop near 100 messages per
 second. ``GroupCommitStore`` queues the calls that arrive while a commit is
 in progress and writes them together in the next one: no timer, no added
 latency when idle, and every caller still returns only after its own data is
-committed, so "ack only after the durable write" holds unchanged. Decisions
-and routed marks share a queue, so under load one commit (and one audit
-append) serves both: half the transactions of a queue each.
+committed, so "ack only after the durable write" holds unchanged. Decisions,
+routed marks, receipts and the deadlines they open share one queue, so under
+load one commit (and one audit append) serves them all.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from broker.records import MessageRecord, Recorded, StatusEvent, Store
+from broker.records import MessageRecord, ReceiptWrite, Recorded, StatusEvent, Store
+from broker.store import BatchWritten
 from schemas.audit import AuditEntry
 
 #: Most calls written in one transaction (bounds statement size and latency).
@@ -28,68 +30,94 @@ MAX_BATCH = 256
 
 
 class BulkStore(Store, Protocol):
-    """A store that can also write many decisions, or many routed marks, in one transaction."""
-
-    async def record_decisions(
-        self, items: Sequence[tuple[MessageRecord, Sequence[StatusEvent]]]
-    ) -> list[Recorded]:
-        """``record_decision`` for each item, in order, in one transaction.
-
-        An id that appears twice is created by its first item; the second gets
-        ``created=False``, exactly as two separate calls would.
-        """
-        ...
-
-    async def mark_routed_many(self, marks: Sequence[tuple[str, datetime]]) -> None:
-        """``mark_routed`` for each (message id, time), in one transaction."""
-        ...
+    """A store that can also write decisions, routed marks, receipts and deadlines together."""
 
     async def write_batch(
         self,
         items: Sequence[tuple[MessageRecord, Sequence[StatusEvent]]],
         marks: Sequence[tuple[str, datetime]],
-    ) -> list[Recorded]:
-        """``record_decisions(items)`` and ``mark_routed_many(marks)`` in one transaction."""
+        receipts: Sequence[ReceiptWrite] = (),
+        opens: Sequence[tuple[str, str, str | None, datetime]] = (),
+    ) -> BatchWritten:
+        """Record the decisions, mark the routed, record the receipts and open the
+        deadlines, in one transaction."""
         ...
 
 
-#: One call waiting for the next transaction: a decision to record, or a routed mark.
-_Write = tuple[MessageRecord, Sequence[StatusEvent]] | tuple[str, datetime]
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    record: MessageRecord
+    events: Sequence[StatusEvent]
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    message_id: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Opens:
+    items: Sequence[tuple[str, str, str | None, datetime]]
+
+
+#: One call waiting for the next transaction.
+_Write = _Decision | _Mark | ReceiptWrite | _Opens
+#: What its caller gets back: a decision's ``Recorded``, a receipt's written flag, the
+#: batch's count of opened deadlines, or None (a routed mark).
+_Result = Recorded | bool | int | None
 
 
 class GroupCommitStore:
-    """A ``Store`` whose decisions and routed marks are committed in shared transactions.
+    """A ``Store`` whose writes on the hot path are committed in shared transactions.
 
-    Decisions and routed marks wait in one queue and share each commit: under
-    load a transaction records the decisions of new messages and marks earlier
-    ones routed, one commit and one audit append for both.
+    Decisions, routed marks, receipts and deadline openings wait in one queue
+    and share each commit: under load a transaction records the decisions of
+    new messages, marks earlier ones routed and records the receipts for
+    still earlier ones, one commit and one audit append for them all.
     """
 
     def __init__(self, inner: BulkStore, *, max_batch: int = MAX_BATCH) -> None:
-        """Wrap ``inner``; reads and receipts go straight through to it."""
+        """Wrap ``inner``; reads and rare writes go straight through to it."""
         self.inner = inner
         self.max_batch = max_batch
-        self._pending: list[tuple[_Write, asyncio.Future[Recorded | None]]] = []
+        self._pending: list[tuple[_Write, asyncio.Future[_Result]]] = []
         self._writer: asyncio.Task[None] | None = None
 
     async def record_decision(
         self, record: MessageRecord, events: Sequence[StatusEvent]
     ) -> Recorded:
         """Queue the decision for the next shared commit and wait for it."""
-        recorded = await self._submit((record, events))
-        assert recorded is not None  # noqa: S101 - a decision's future gets its Recorded
+        recorded = await self._submit(_Decision(record, events))
+        assert isinstance(recorded, Recorded)  # noqa: S101 - a decision's future gets its Recorded
         return recorded
 
     async def mark_routed(self, message_id: str, at: datetime) -> None:
         """Queue the routed mark for the next shared commit and wait for it."""
-        await self._submit((message_id, at))
+        await self._submit(_Mark(message_id, at))
+
+    async def record_receipt(self, write: ReceiptWrite) -> bool:
+        """Queue the receipt (and its deadline changes) for the next shared commit."""
+        return bool(await self._submit(write))
+
+    async def open_deadlines(self, items: Sequence[tuple[str, str, str | None, datetime]]) -> int:
+        """Queue the deadlines for the next shared commit; how many of the batch's were new.
+
+        The count is the whole batch's (the broker does not use it): a caller
+        that needs its own count calls the inner store.
+        """
+        if not items:
+            return 0
+        opened = await self._submit(_Opens(items))
+        assert isinstance(opened, int)  # noqa: S101 - an opening's future gets the count
+        return opened
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
         """Read through to the inner store."""
         return await self.inner.get_message(message_id)
 
     async def append_events(self, events: Sequence[StatusEvent]) -> int:
-        """Write through to the inner store."""
+        """Write through to the inner store (broker-vouched events, rare: dead letters)."""
         return await self.inner.append_events(events)
 
     async def append_audit(self, entries: Sequence[AuditEntry]) -> list[int]:
@@ -104,8 +132,8 @@ class GroupCommitStore:
         """Ping the inner store."""
         await self.inner.ping()
 
-    async def _submit(self, write: _Write) -> Recorded | None:
-        future: asyncio.Future[Recorded | None] = asyncio.get_running_loop().create_future()
+    async def _submit(self, write: _Write) -> _Result:
+        future: asyncio.Future[_Result] = asyncio.get_running_loop().create_future()
         self._pending.append((write, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._drain())
@@ -115,15 +143,8 @@ class GroupCommitStore:
         while self._pending:
             batch = self._pending[: self.max_batch]
             del self._pending[: self.max_batch]
-            decisions: list[tuple[MessageRecord, Sequence[StatusEvent]]] = []
-            marks: list[tuple[str, datetime]] = []
-            for write, _future in batch:
-                if isinstance(write[0], MessageRecord):
-                    decisions.append(write)
-                else:
-                    marks.append(write)
             try:
-                recorded = iter(await self.inner.write_batch(decisions, marks))
+                results = await self._write([write for write, _future in batch])
             except BaseException as exc:  # every waiter learns what happened to its write
                 for _, future in batch:
                     if not future.done():
@@ -131,7 +152,36 @@ class GroupCommitStore:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
-            for write, future in batch:
-                result = next(recorded) if isinstance(write[0], MessageRecord) else None
+            for (_write, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+
+    async def _write(self, batch: Sequence[_Write]) -> list[_Result]:
+        """Write ``batch`` in one transaction; each write's result, in order."""
+        decisions: list[tuple[MessageRecord, Sequence[StatusEvent]]] = []
+        marks: list[tuple[str, datetime]] = []
+        receipts: list[ReceiptWrite] = []
+        opens: list[tuple[str, str, str | None, datetime]] = []
+        for write in batch:
+            if isinstance(write, _Decision):
+                decisions.append((write.record, write.events))
+            elif isinstance(write, _Mark):
+                marks.append((write.message_id, write.at))
+            elif isinstance(write, ReceiptWrite):
+                receipts.append(write)
+            else:
+                opens.extend(write.items)
+        written = await self.inner.write_batch(decisions, marks, receipts, opens)
+        recorded = iter(written.recorded)
+        flags = iter(written.receipts)
+        results: list[_Result] = []
+        for write in batch:
+            if isinstance(write, _Decision):
+                results.append(next(recorded))
+            elif isinstance(write, ReceiptWrite):
+                results.append(next(flags))
+            elif isinstance(write, _Opens):
+                results.append(written.opened)
+            else:
+                results.append(None)
+        return results

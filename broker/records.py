@@ -8,12 +8,13 @@ key or a personnummer: a message record is its signed header's metadata.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from broker.deadlines import Plan
 from schemas.audit import AuditEntry
 
 
@@ -73,6 +74,24 @@ class StatusEvent:
     staff_id: str | None = None
 
 
+#: What a receipt does to the deadlines, given its message's timeline up to and including it.
+ReceiptPlanner = Callable[[Sequence[StatusEvent]], Plan]
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptWrite:
+    """A recipient's verified receipt to record, with the message it is for.
+
+    ``record`` is the message as stored (the receipt was checked against it);
+    ``deadlines``, if given, says which deadlines the receipt opens and closes,
+    applied in the transaction that records it.
+    """
+
+    record: MessageRecord
+    event: StatusEvent
+    deadlines: ReceiptPlanner | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Recorded:
     """Result of ``record_decision``: the stored record, and whether this call created it."""
@@ -107,6 +126,21 @@ class Store(Protocol):
         """Append status events; one whose receipt id is already stored is skipped.
 
         Returns the number of events actually written.
+        """
+        ...
+
+    async def record_receipt(self, write: ReceiptWrite) -> bool:
+        """Record a recipient's receipt, audited, and apply its deadline changes, together.
+
+        False if its receipt id is already stored (the event is not written
+        again, the deadline changes are applied again: they are idempotent).
+        """
+        ...
+
+    async def open_deadlines(self, items: Sequence[tuple[str, str, str | None, datetime]]) -> int:
+        """Open deadlines ``(message id, rule, agency or None, due at)``; a stored one stays.
+
+        Returns how many were new (a redelivered message opens nothing twice).
         """
         ...
 

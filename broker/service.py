@@ -24,9 +24,11 @@ redelivery plus the idempotent store does that job).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -48,10 +50,11 @@ from aio_pika.abc import (
 from broker import receipts
 from broker.amqp import connect, declare_topology
 from broker.audit.entry import refusal_entry
+from broker.deadlines import Plan
 from broker.metrics import Metrics
 from broker.pipeline import Ingress, Reject, Relay, Route, evaluate, is_message_id
 from broker.policy import Policy
-from broker.records import MessageRecord, Outcome, StatusEvent, Store
+from broker.records import MessageRecord, Outcome, ReceiptWrite, StatusEvent, Store
 from broker.store import ConsentRow, StoreUnavailable
 from broker.topology import (
     CONTROL_EXCHANGE,
@@ -90,6 +93,10 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
 )
 
+#: Accepted messages' records kept for their receipts: most receipts come within
+#: minutes of routing; an older one (or one at another broker instance) is read.
+RECORDS_KEPT = 8_192
+
 
 class Action(Enum):
     """What to tell RabbitMQ about one ingress message."""
@@ -100,14 +107,16 @@ class Action(Enum):
 
 
 class DeadlineHooks(Protocol):
-    """What the service tells the watchdog (``broker.watchdog.Watchdog``)."""
+    """What the service asks the watchdog (``broker.watchdog.Watchdog``)."""
 
-    async def on_accepted(self, record: MessageRecord) -> None:
-        """A message was accepted."""
+    def plan_accepted(self, record: MessageRecord) -> Plan:
+        """The deadlines a message's acceptance opens."""
         ...
 
-    async def on_receipt(self, record: MessageRecord, event: StatusEvent) -> None:
-        """A recipient's receipt was recorded."""
+    def plan_receipt(
+        self, record: MessageRecord, event: StatusEvent, timeline: Sequence[StatusEvent]
+    ) -> Plan:
+        """What a recipient's receipt opens and closes, given the message's timeline."""
         ...
 
 
@@ -141,6 +150,8 @@ class BrokerService:
     _depth_task: asyncio.Task[None] | None = field(default=None, init=False)
     _renew_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     _renewed_at: float = field(default=0.0, init=False)
+    #: Records of messages accepted lately, newest last (``_remember``).
+    _records: OrderedDict[str, MessageRecord] = field(default_factory=OrderedDict, init=False)
     #: Opens and closes deadlines from what is recorded (broker.watchdog), if watching.
     watchdog: DeadlineHooks | None = None
     #: Called with each notice on the control exchange (consent changes from any instance).
@@ -391,8 +402,13 @@ class BrokerService:
                 ),
             )
             return header.kind.value, "rejected", {**summary_extra, "redelivered": True}
+        self._remember(stored)  # accepted: a rejected one was answered above
         if self.watchdog is not None:
-            await self.watchdog.on_accepted(stored)  # idempotent: opens each deadline once
+            opened = self.watchdog.plan_accepted(stored).open
+            # Idempotent: a redelivered message opens each deadline once.
+            await self.store.open_deadlines(
+                [(d.message_id, d.rule, d.agency, d.due_at) for d in opened]
+            )
         if stored.routed_at is None:
             await asyncio.gather(
                 *(self._publish_envelope(route, agency) for agency in stored.recipients)
@@ -503,9 +519,20 @@ class BrokerService:
             extra["unanswered"] = True
         return kind, "rejected", extra
 
+    def _remember(self, record: MessageRecord) -> None:
+        """Keep an accepted message's record for the receipts that will come for it."""
+        self._records[record.message_id] = record
+        self._records.move_to_end(record.message_id)
+        while len(self._records) > RECORDS_KEPT:
+            self._records.popitem(last=False)
+
     async def _relay(self, relay: Relay, now: datetime, publisher: str | None) -> Summary:
         receipt = relay.receipt
-        stored = await self.store.get_message(receipt.receipt_for)
+        # What a receipt is checked against (outcome, recipients, digest, sender) never
+        # changes once decided: a record kept since routing is as good as a read.
+        stored = self._records.get(receipt.receipt_for)
+        if stored is None:
+            stored = await self.store.get_message(receipt.receipt_for)
         reason: ReasonCode | None = None
         if stored is None or stored.outcome is not Outcome.ACCEPTED:
             reason = ReasonCode.UNKNOWN_MESSAGE
@@ -534,10 +561,11 @@ class BrokerService:
             decline_reason=(receipt.decline_reason.value if receipt.decline_reason else None),
             staff_id=receipt.staff_id,
         )
-        await self.store.append_events([event])
+        planner = None
         if self.watchdog is not None:
-            # Idempotent (deadlines open once, close once): also right on a redelivery.
-            await self.watchdog.on_receipt(stored, event)
+            planner = functools.partial(self.watchdog.plan_receipt, stored, event)
+        # The event, its audit entry and the deadlines it opens and closes commit together.
+        await self.store.record_receipt(ReceiptWrite(stored, event, planner))
         # Relayed unchanged, signature and all: the sender verifies the recipient itself.
         await self._publish(
             stored.sender, relay.body, message_type=TYPE_RECEIPT, message_id=receipt.id

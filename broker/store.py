@@ -35,7 +35,7 @@ import hashlib
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -52,7 +52,7 @@ from sqlalchemy.pool import NullPool
 from broker.audit import entry as audit_entry
 from broker.audit import merkle
 from broker.errors import Unavailable
-from broker.records import MessageRecord, Outcome, Recorded, StatusEvent
+from broker.records import MessageRecord, Outcome, ReceiptWrite, Recorded, StatusEvent
 from schemas.audit import AuditEntry
 
 __all__ = [
@@ -759,6 +759,15 @@ async def _team_of(conn: AsyncConnection, child: str) -> tuple[list[str], list[s
     return members, list(dict.fromkeys(row.sender for row in sent))
 
 
+@dataclass(frozen=True, slots=True)
+class BatchWritten:
+    """What one ``SqlStore.write_batch`` transaction did."""
+
+    recorded: list[Recorded]  # one per decision, in order
+    receipts: list[bool]  # one per receipt, in order: written (False: its id was stored)
+    opened: int  # deadlines opened
+
+
 class SqlStore:
     """``broker.records.Store`` over SQLAlchemy async Core.
 
@@ -803,30 +812,111 @@ class SqlStore:
         An id that appears twice is created by its first item; the second gets
         ``created=False``, exactly as two separate calls would.
         """
-        return await self.write_batch(items, [])
+        return (await self.write_batch(items, [])).recorded
 
     async def write_batch(
         self,
         items: Sequence[tuple[MessageRecord, Sequence[StatusEvent]]],
         marks: Sequence[tuple[str, datetime]],
-    ) -> list[Recorded]:
-        """``record_decisions(items)`` and ``mark_routed_many(marks)`` in one transaction.
+        receipts: Sequence[ReceiptWrite] = (),
+        opens: Sequence[tuple[str, str, str | None, datetime]] = (),
+    ) -> BatchWritten:
+        """``record_decisions(items)``, ``mark_routed_many(marks)``, ``record_receipt`` of
+        each of ``receipts`` and ``open_deadlines(opens)``, in one transaction.
 
-        The broker's group commit: the decisions of new messages and the routed
-        marks of earlier ones share one commit and one audit append. Every row
-        lock is taken before the audit lock, the routed rows in id order and the
-        new rows in id order, so that two brokers writing overlapping batches
-        (a redelivery) wait for each other instead of deadlocking.
+        The broker's group commit: the decisions of new messages, the routed
+        marks of earlier ones and the receipts for them share one commit and
+        one audit append. Every row lock is taken before the audit lock, the
+        routed rows in id order and the new rows in id order, so that two
+        brokers writing overlapping batches (a redelivery) wait for each other
+        instead of deadlocking.
         """
         for record, events in items:
             if len(set(record.recipients)) != len(record.recipients):
                 raise ValueError("a recipient is listed twice")
             if any(e.message_id != record.message_id for e in events):
                 raise ValueError("every first event must belong to the recorded message")
+        if any(r.event.message_id != r.record.message_id for r in receipts):
+            raise ValueError("a receipt must belong to the message it is recorded with")
         with _boundary(self._url):
             async with self._engine.begin() as conn:
                 routed = await self._mark_unrouted(conn, marks)
-                return await self._record_many(conn, items, routed)
+                written, receipted = await self._record_receipts(conn, receipts)
+                recorded = await self._record_many(conn, items, [*routed, *receipted])
+                opened = await self._open_deadlines(conn, opens)
+        return BatchWritten(recorded=recorded, receipts=written, opened=opened)
+
+    async def record_receipt(self, write: ReceiptWrite) -> bool:
+        """Record a recipient's receipt, audited, and apply its deadline changes, together.
+
+        False if its receipt id is already stored: the event is not written
+        again, but its deadline changes are applied again (they are idempotent),
+        so a receipt redelivered after a crash leaves the deadlines right.
+        """
+        (written,) = (await self.write_batch([], [], [write])).receipts
+        return written
+
+    async def _record_receipts(
+        self, conn: AsyncConnection, receipts: Sequence[ReceiptWrite]
+    ) -> tuple[list[bool], list[AuditEntry]]:
+        """Insert each receipt's event (skipping stored receipt ids) and apply its deadlines.
+
+        Each receipt's planner sees its message's timeline as it would have
+        been had the batch's receipts been recorded one by one: without the
+        events this batch writes after it. Returns a flag per receipt (written)
+        and the audit entries of those written.
+        """
+        if not receipts:
+            return [], []
+        ids: list[int | None] = []
+        for write in receipts:
+            ids.append(await self._insert_event(conn, write.event))
+        entries = [
+            audit_entry.receipt_entry(write.event, record=write.record)
+            for write, inserted in zip(receipts, ids, strict=True)
+            if inserted is not None
+        ]
+        planned = {w.record.message_id for w in receipts if w.deadlines is not None}
+        timelines = await self._timelines(conn, planned) if planned else {}
+        for i, write in enumerate(receipts):
+            if write.deadlines is None:
+                continue
+            later = {inserted for inserted in ids[i + 1 :] if inserted is not None}
+            plan = write.deadlines(
+                [
+                    event
+                    for event_id, event in timelines.get(write.record.message_id, [])
+                    if event_id not in later
+                ]
+            )
+            await self._open_deadlines(
+                conn, [(d.message_id, d.rule, d.agency, d.due_at) for d in plan.open]
+            )
+            for close in plan.close:
+                await self._close_deadlines(
+                    conn, close.message_id, [close.rule], close.agency, write.event.recorded_at
+                )
+        return [inserted is not None for inserted in ids], entries
+
+    async def _timelines(
+        self, conn: AsyncConnection, message_ids: Iterable[str]
+    ) -> dict[str, list[tuple[int, StatusEvent]]]:
+        """Each message's status events with their row ids, oldest first, in one query."""
+        rows = (
+            (
+                await conn.execute(
+                    sa.select(STATUS_EVENTS)
+                    .where(STATUS_EVENTS.c.message_id.in_(sorted(set(message_ids))))
+                    .order_by(STATUS_EVENTS.c.at, STATUS_EVENTS.c.id)
+                )
+            )
+            .mappings()
+            .all()
+        )
+        found: dict[str, list[tuple[int, StatusEvent]]] = {}
+        for row in rows:
+            found.setdefault(row["message_id"], []).append((int(row["id"]), _event_from(row)))
+        return found
 
     async def _record_many(
         self,
@@ -1090,21 +1180,7 @@ class SqlStore:
     ) -> int:
         # One statement per event keeps insertion ids in the caller's order
         # (the timeline's tie-break) and tells exactly which were skipped.
-        written: list[StatusEvent] = []
-        for event in events:
-            inserted = (
-                await conn.execute(
-                    self._insert(STATUS_EVENTS)
-                    .values(_event_values(event))
-                    .on_conflict_do_nothing(
-                        index_elements=[STATUS_EVENTS.c.receipt_id],
-                        index_where=_RECEIPT_PRESENT,
-                    )
-                    .returning(STATUS_EVENTS.c.id)
-                )
-            ).first()
-            if inserted is not None:
-                written.append(event)
+        written = [event for event in events if await self._insert_event(conn, event) is not None]
         if audit and written:
             records = await self._read_messages(conn, {e.message_id for e in written})
             await append_audit(
@@ -1112,6 +1188,21 @@ class SqlStore:
                 [audit_entry.receipt_entry(e, record=records[e.message_id]) for e in written],
             )
         return len(written)
+
+    async def _insert_event(self, conn: AsyncConnection, event: StatusEvent) -> int | None:
+        """Insert one status event; its row id, or None if its receipt id is stored."""
+        inserted = (
+            await conn.execute(
+                self._insert(STATUS_EVENTS)
+                .values(_event_values(event))
+                .on_conflict_do_nothing(
+                    index_elements=[STATUS_EVENTS.c.receipt_id],
+                    index_where=_RECEIPT_PRESENT,
+                )
+                .returning(STATUS_EVENTS.c.id)
+            )
+        ).first()
+        return None if inserted is None else int(inserted.id)
 
     async def _read_messages(
         self, conn: AsyncConnection, message_ids: Iterable[str]
@@ -1213,36 +1304,35 @@ class SqlStore:
         """
         if not items:
             return 0
-        rows = [
-            {
-                "message_id": message_id,
-                "rule": rule,
-                "agency": agency if agency is not None else MESSAGE_LEVEL,
-                "due_at": due_at,
-                "state": "open",
-                "attempts": 0,
-            }
-            for message_id, rule, agency, due_at in items
-        ]
-        with _boundary(self._url):
-            async with self._engine.begin() as conn:
-                written = 0
-                for row in rows:
-                    inserted = (
-                        await conn.execute(
-                            self._insert(DEADLINES)
-                            .values(row)
-                            .on_conflict_do_nothing(
-                                index_elements=[
-                                    DEADLINES.c.message_id,
-                                    DEADLINES.c.rule,
-                                    DEADLINES.c.agency,
-                                ]
-                            )
-                            .returning(DEADLINES.c.id)
-                        )
-                    ).first()
-                    written += inserted is not None
+        return (await self.write_batch([], [], opens=items)).opened
+
+    async def _open_deadlines(
+        self, conn: AsyncConnection, items: Sequence[tuple[str, str, str | None, datetime]]
+    ) -> int:
+        written = 0
+        for message_id, rule, agency, due_at in items:
+            inserted = (
+                await conn.execute(
+                    self._insert(DEADLINES)
+                    .values(
+                        message_id=message_id,
+                        rule=rule,
+                        agency=agency if agency is not None else MESSAGE_LEVEL,
+                        due_at=due_at,
+                        state="open",
+                        attempts=0,
+                    )
+                    .on_conflict_do_nothing(
+                        index_elements=[
+                            DEADLINES.c.message_id,
+                            DEADLINES.c.rule,
+                            DEADLINES.c.agency,
+                        ]
+                    )
+                    .returning(DEADLINES.c.id)
+                )
+            ).first()
+            written += inserted is not None
         return written
 
     async def close_deadlines(
@@ -1253,16 +1343,26 @@ class SqlStore:
             return 0
         with _boundary(self._url):
             async with self._engine.begin() as conn:
-                result = await conn.execute(
-                    sa.update(DEADLINES)
-                    .where(
-                        DEADLINES.c.message_id == message_id,
-                        DEADLINES.c.rule.in_(list(rules)),
-                        DEADLINES.c.agency == (agency if agency is not None else MESSAGE_LEVEL),
-                        DEADLINES.c.state == "open",
-                    )
-                    .values(state="closed", closed_at=at)
-                )
+                return await self._close_deadlines(conn, message_id, rules, agency, at)
+
+    async def _close_deadlines(
+        self,
+        conn: AsyncConnection,
+        message_id: str,
+        rules: Sequence[str],
+        agency: str | None,
+        at: datetime,
+    ) -> int:
+        result = await conn.execute(
+            sa.update(DEADLINES)
+            .where(
+                DEADLINES.c.message_id == message_id,
+                DEADLINES.c.rule.in_(list(rules)),
+                DEADLINES.c.agency == (agency if agency is not None else MESSAGE_LEVEL),
+                DEADLINES.c.state == "open",
+            )
+            .values(state="closed", closed_at=at)
+        )
         return int(result.rowcount or 0)
 
     async def escalate_due(

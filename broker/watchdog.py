@@ -1,11 +1,13 @@
 """The broker's watchdog: deadlines on open matters, and escalation to someone who can act.
 
 The broker feeds every decision and receipt it records into the pure engine
-(``broker.deadlines.plan``), which says which deadlines open and which close;
-they live in the store, never in memory or in message TTLs, so a restart
-loses none. A loop escalates what is due (``SqlStore.escalate_due``: once per
-due time across broker instances): it seals an ``EscalationNotice`` (metadata
-only: the matter, the rule, the late step, since when, the child's
+(``broker.deadlines.plan``, through ``plan_accepted`` and ``plan_receipt``),
+which says which deadlines open and which close; the broker applies that in
+its store, a receipt's changes in the transaction that records the receipt.
+Deadlines live in the store, never in memory or in message TTLs, so a
+restart loses none. A loop escalates what is due (``SqlStore.escalate_due``:
+once per due time across broker instances): it seals an ``EscalationNotice``
+(metadata only: the matter, the rule, the late step, since when, the child's
 pseudonym) from the broker to each agency the rule names, publishes it to
 their queues, audits it, and sets the repeat. Answering, or the recipient
 acting, closes the deadline.
@@ -113,8 +115,8 @@ class Watchdog:
             refused=refused,
         )
 
-    async def on_accepted(self, record: MessageRecord) -> None:
-        """A message was accepted: open its deadlines."""
+    def plan_accepted(self, record: MessageRecord) -> Plan:
+        """The deadlines a message's acceptance opens (idempotent: each opens once)."""
         event = Accepted(
             message_id=record.message_id,
             kind=Kind(record.kind),
@@ -124,21 +126,27 @@ class Watchdog:
             at=record.received_at,
             expires=record.expires,
         )
-        result = plan(
+        return plan(
             event,
             rules=self.rules,
             calendar=self.calendar,
             message=self._facts(record, {}, frozenset()),
         )
-        await self._apply(result)
 
-    async def on_receipt(self, record: MessageRecord, event: StatusEvent) -> None:
-        """A recipient's receipt was recorded: close (or open) deadlines accordingly."""
+    def plan_receipt(
+        self, record: MessageRecord, event: StatusEvent, timeline: Sequence[StatusEvent]
+    ) -> Plan:
+        """What a recipient's receipt opens and closes, given the message's ``timeline``.
+
+        ``timeline`` is the message's status events up to and including this
+        receipt: the answers and refusals recorded so far decide, for
+        example, whether every recipient has now declined.
+        """
         if event.agency is None:
-            return
+            return Plan()
         answers: dict[str, Answer] = {}
         refused: set[str] = set()
-        for earlier in await self.store.timeline(record.message_id):
+        for earlier in timeline:
             if earlier.status == "answered" and earlier.agency and earlier.answer:
                 answers[earlier.agency] = Answer(earlier.answer)
             if earlier.status == "rejected" and earlier.agency:
@@ -150,21 +158,12 @@ class Watchdog:
             at=event.at,
             answer=None if event.answer is None else Answer(event.answer),
         )
-        result = plan(
+        return plan(
             receipted,
             rules=self.rules,
             calendar=self.calendar,
             message=self._facts(record, answers, frozenset(refused)),
         )
-        await self._apply(result)
-
-    async def _apply(self, result: Plan) -> None:
-        await self.store.open_deadlines(
-            [(d.message_id, d.rule, d.agency, d.due_at) for d in result.open]
-        )
-        now = self.clock()
-        for close in result.close:
-            await self.store.close_deadlines(close.message_id, [close.rule], close.agency, now)
 
     async def escalate_once(self, now: datetime | None = None) -> int:
         """One round: escalate every deadline due at ``now`` (default: the clock); how many."""

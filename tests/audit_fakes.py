@@ -41,7 +41,7 @@ from broker.audit.ports import (
 )
 from broker.http import create_app, serve_http
 from broker.metrics import Metrics
-from broker.records import MessageRecord, Recorded, StatusEvent
+from broker.records import MessageRecord, ReceiptWrite, Recorded, StatusEvent
 from keys.area import load_area
 from keys.ca import (
     Issued,
@@ -394,6 +394,14 @@ class NoMessages:
         raise NotImplementedError
 
     async def append_events(self, events: Sequence[StatusEvent]) -> int:
+        """Never called here."""
+        raise NotImplementedError
+
+    async def record_receipt(self, write: ReceiptWrite) -> bool:
+        """Never called here."""
+        raise NotImplementedError
+
+    async def open_deadlines(self, items: Sequence[tuple[str, str, str | None, datetime]]) -> int:
         """Never called here."""
         raise NotImplementedError
 

@@ -11,8 +11,9 @@ import pytest
 
 from broker.audit.log import log_size
 from broker.batching import GroupCommitStore
-from broker.records import MessageRecord, Outcome, Recorded, StatusEvent
-from broker.store import SqlStore
+from broker.deadlines import CloseDeadline, OpenDeadline, Plan
+from broker.records import MessageRecord, Outcome, ReceiptWrite, Recorded, StatusEvent
+from broker.store import BatchWritten, SqlStore
 from tests.support import CHILD, T0
 
 
@@ -51,15 +52,19 @@ class _Counting(SqlStore):
         self.__dict__.update(inner.__dict__)
         self.batches: list[int] = []
         self.shapes: list[tuple[int, int]] = []
+        self.receipts: list[int] = []
 
     async def write_batch(
         self,
         items: Sequence[tuple[MessageRecord, Sequence[StatusEvent]]],
         marks: Sequence[tuple[str, datetime]],
-    ) -> list[Recorded]:
+        receipts: Sequence[ReceiptWrite] = (),
+        opens: Sequence[tuple[str, str, str | None, datetime]] = (),
+    ) -> BatchWritten:
         self.batches.append(len(items))
         self.shapes.append((len(items), len(marks)))
-        return await super().write_batch(items, marks)
+        self.receipts.append(len(receipts))
+        return await super().write_batch(items, marks, receipts, opens)
 
 
 async def test_concurrent_decisions_share_transactions(store: SqlStore) -> None:
@@ -150,7 +155,9 @@ class _Failing:
         self,
         items: Sequence[tuple[MessageRecord, Sequence[StatusEvent]]],
         marks: Sequence[tuple[str, datetime]],
-    ) -> list[Recorded]:
+        receipts: Sequence[ReceiptWrite] = (),
+        opens: Sequence[tuple[str, str, str | None, datetime]] = (),
+    ) -> BatchWritten:
         await asyncio.sleep(0)
         raise ConnectionError("database away")
 
@@ -176,3 +183,115 @@ async def test_a_cancelled_caller_does_not_break_the_batch(store: SqlStore) -> N
     done = await asyncio.gather(*tasks, return_exceptions=True)
     assert isinstance(done[3], asyncio.CancelledError)
     assert all(isinstance(d, Recorded) for i, d in enumerate(done) if i != 3)
+
+
+def _receipt(record: MessageRecord, agency: str, status: str, receipt_id: str) -> StatusEvent:
+    return StatusEvent(
+        record.message_id,
+        agency,
+        status,
+        T0 + timedelta(minutes=1),
+        T0 + timedelta(minutes=1),
+        agency,
+        receipt_id=receipt_id,
+    )
+
+
+async def test_concurrent_receipts_share_commits_and_each_is_audited_once(
+    store: SqlStore,
+) -> None:
+    """Receipts arriving together take few transactions; a repeated receipt id is one event."""
+    counting = _Counting(store)
+    grouped = GroupCommitStore(counting)
+    records = [_record(i) for i in range(10)]
+    await asyncio.gather(*(grouped.record_decision(r, [_accepted(r)]) for r in records))
+    async with store.engine.connect() as conn:
+        before = await log_size(conn)
+    writes = [
+        ReceiptWrite(r, _receipt(r, agency, "delivered", f"{agency}-{i}"))
+        for i, r in enumerate(records)
+        for agency in ("soc", "bup")
+    ]
+    repeat = ReceiptWrite(records[0], writes[0].event)
+    written = await asyncio.gather(*(grouped.record_receipt(w) for w in [*writes, repeat]))
+    assert written == [True] * 20 + [False], "the first of two equal receipts is the one written"
+    assert sum(counting.receipts) == 21
+    assert 1 <= len([n for n in counting.receipts if n]) < 5, counting.receipts
+    async with store.engine.connect() as conn:
+        assert await log_size(conn) == before + 20
+    for record in records:
+        timeline = await store.timeline(record.message_id)
+        assert [(e.status, e.agency) for e in timeline] == [
+            ("accepted", None),
+            ("delivered", "soc"),
+            ("delivered", "bup"),
+        ]
+    assert await grouped.record_receipt(repeat) is False, "and again later: still one"
+
+
+async def test_each_receipt_plans_from_the_timeline_up_to_itself(store: SqlStore) -> None:
+    """Two receipts for one message in one batch: each planner sees what one-by-one would.
+
+    The first opens a deadline and the second closes it: applied in their
+    order, the deadline ends closed. A repeat of the first, later, is not
+    written again and opens nothing again (the deadline stays closed).
+    """
+    counting = _Counting(store)
+    grouped = GroupCommitStore(counting)
+    record = _record(1)
+    await grouped.record_decision(record, [_accepted(record)])
+    seen: list[list[str]] = []
+    due = T0 + timedelta(days=1)
+
+    def opens(timeline: Sequence[StatusEvent]) -> Plan:
+        seen.append([e.status for e in timeline])
+        return Plan(open=(OpenDeadline("answer", record.message_id, "soc", due),))
+
+    def closes(timeline: Sequence[StatusEvent]) -> Plan:
+        seen.append([e.status for e in timeline])
+        return Plan(close=(CloseDeadline("answer", record.message_id, "soc"),))
+
+    counting.receipts.clear()
+    delivered = ReceiptWrite(record, _receipt(record, "soc", "delivered", "r-1"), opens)
+    answered = ReceiptWrite(record, _receipt(record, "soc", "answered", "r-2"), closes)
+    written = await asyncio.gather(
+        grouped.record_receipt(delivered), grouped.record_receipt(answered)
+    )
+    assert list(written) == [True, True]
+    assert counting.receipts == [2], "both in one transaction"
+    assert seen == [["accepted", "delivered"], ["accepted", "delivered", "answered"]]
+    assert await store.open_matters() == []
+    assert await grouped.record_receipt(delivered) is False
+    assert await store.open_matters() == [], "a closed deadline is not opened again"
+    assert seen[-1] == ["accepted", "delivered", "answered"]
+
+
+async def test_a_receipt_opens_its_deadlines_in_its_own_transaction(store: SqlStore) -> None:
+    """Recorded alone, a receipt's deadline is open once it returns; opening is idempotent."""
+    grouped = GroupCommitStore(store)
+    record = _record(2)
+    await grouped.record_decision(record, [_accepted(record)])
+    due = T0 + timedelta(days=2)
+
+    def opens(_timeline: Sequence[StatusEvent]) -> Plan:
+        return Plan(open=(OpenDeadline("answer", record.message_id, "bup", due),))
+
+    write = ReceiptWrite(record, _receipt(record, "bup", "delivered", "r-3"), opens)
+    assert await grouped.record_receipt(write) is True
+    assert await grouped.open_deadlines([(record.message_id, "delivery", None, due)]) == 1
+    assert await grouped.open_deadlines([(record.message_id, "delivery", None, due)]) == 0
+    assert sorted((m.rule, m.agency, m.due_at) for m in await store.open_matters()) == [
+        ("answer", "bup", due),
+        ("delivery", None, due),
+    ]
+
+
+async def test_a_receipt_for_another_message_is_refused_before_any_write(
+    store: SqlStore,
+) -> None:
+    record = _record(3)
+    other = _record(4)
+    await store.record_decision(record, [_accepted(record)])
+    with pytest.raises(ValueError, match="belong"):
+        await store.record_receipt(ReceiptWrite(record, _receipt(other, "soc", "read", "r-4")))
+    assert len(await store.timeline(record.message_id)) == 1

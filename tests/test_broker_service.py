@@ -23,7 +23,7 @@ from broker.batching import GroupCommitStore
 from broker.metrics import Metrics
 from broker.policy import ExplicitPolicy
 from broker.provision import RabbitmqctlRunner
-from broker.records import MessageRecord, Outcome, Recorded, StatusEvent, Store
+from broker.records import MessageRecord, Outcome, ReceiptWrite, Recorded, StatusEvent, Store
 from broker.service import BrokerService
 from broker.store import SqlStore
 from broker.topology import (
@@ -404,6 +404,12 @@ class _CrashAfterCommit:
 
     async def append_events(self, events: Any) -> int:
         return await self.inner.append_events(events)
+
+    async def record_receipt(self, write: ReceiptWrite) -> bool:
+        return await self.inner.record_receipt(write)
+
+    async def open_deadlines(self, items: Any) -> int:
+        return await self.inner.open_deadlines(items)
 
     async def timeline(self, message_id: str) -> list[StatusEvent]:
         return await self.inner.timeline(message_id)

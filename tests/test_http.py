@@ -31,7 +31,7 @@ from broker.gaps_http import add_gap_routes
 from broker.http import create_app, serve_http
 from broker.metrics import Metrics
 from broker.openapi import build_openapi
-from broker.records import MessageRecord, Outcome, Recorded, StatusEvent
+from broker.records import MessageRecord, Outcome, ReceiptWrite, Recorded, StatusEvent
 from broker.store import SqlStore
 from keys.area import load_area
 from keys.ca import (
@@ -125,6 +125,14 @@ class MemoryStore:
                 seen.add(event.receipt_id)
             written += 1
         return written
+
+    async def record_receipt(self, write: ReceiptWrite) -> bool:
+        """Append the receipt's event (once per receipt id); no deadlines are kept here."""
+        return await self.append_events([write.event]) == 1
+
+    async def open_deadlines(self, items: Sequence[tuple[str, str, str | None, datetime]]) -> int:
+        """No deadlines are kept here."""
+        return 0
 
     async def timeline(self, message_id: str) -> list[StatusEvent]:
         """Events of one message by ``at``, then insertion."""
