@@ -2,9 +2,9 @@
 
 Sending: a submission is mapped (``adapters.mappings``), sealed and written to
 the outbox in one transaction before the agency system gets its ``202``; a
-publisher task sends what is due with publisher confirms (``user_id`` set, so
-RabbitMQ vouches for the sender) and marks it sent only once confirmed, with
-backoff when RabbitMQ is away, across restarts.
+publisher task sends what is due, all at once, with publisher confirms
+(``user_id`` set, so RabbitMQ vouches for the sender) and marks each item sent
+only once confirmed, with backoff when RabbitMQ is away, across restarts.
 
 Receiving, for every message in ``agency.<id>``, in this order and no other:
 verify against the pinned area root's directory → open → check the content
@@ -392,24 +392,46 @@ class AdapterRuntime:
                 _log.exception("outbox_failed")
 
     async def _publish_due(self) -> None:
+        """Publish what is due, all at once, and mark the confirmed items sent together.
+
+        The items are independent messages and the channel confirms each, so
+        they are published concurrently rather than one confirm at a time. An
+        item is marked sent only once confirmed; one that failed is deferred
+        with its own backoff, and after any failure the loop waits for its next
+        wake-up instead of trying the next due items at once.
+        """
         while items := await self.store.due_outbox(self.clock()):
-            for item in items:
-                try:
-                    await self._publish(item.id, item.type, item.body)
-                except TRANSIENT as exc:
-                    until = self.clock() + backoff(item.attempts)
-                    await self.store.defer(item.id, until)
-                    _log.warning(
-                        "publish_deferred",
-                        id=item.id,
-                        cause=type(exc).__name__,
-                        detail=_frame_name(exc),
-                        until=until,
-                    )
-                    if isinstance(exc, aiormq.exceptions.DeliveryError):
-                        await self._renew_publisher()
-                    return
-                await self.store.mark_sent(item.id, self.clock())
+            outcomes = await asyncio.gather(
+                *(self._publish(item.id, item.type, item.body) for item in items),
+                return_exceptions=True,
+            )
+            confirmed = [item.id for item, out in zip(items, outcomes, strict=True) if out is None]
+            await self.store.mark_sent_many(confirmed, self.clock())
+            failed = [
+                (item, out)
+                for item, out in zip(items, outcomes, strict=True)
+                if isinstance(out, BaseException)
+            ]
+            if not failed:
+                continue
+            deferred = [(item, exc) for item, exc in failed if isinstance(exc, TRANSIENT)]
+            now = self.clock()
+            until = {item.id: now + backoff(item.attempts) for item, _exc in deferred}
+            await self.store.defer_many(list(until.items()))
+            for item, exc in deferred:
+                _log.warning(
+                    "publish_deferred",
+                    id=item.id,
+                    cause=type(exc).__name__,
+                    detail=_frame_name(exc),
+                    until=until[item.id],
+                )
+            if any(isinstance(exc, aiormq.exceptions.DeliveryError) for _item, exc in deferred):
+                await self._renew_publisher()
+            for _item, error in failed:
+                if not isinstance(error, TRANSIENT):
+                    raise error  # a bug: the outbox loop logs it; the item stays due
+            return
 
     async def _renew_publisher(self) -> None:
         """Publish on a new channel from now on: RabbitMQ refused a publish on this one.

@@ -9,6 +9,13 @@ envelopes and signed receipts only; the inbox holds the opened content,
 because handing it over is the adapter's job (the file sits at the agency,
 under the agency's own protection, like the agency system's database).
 
+The hot paths (a received message stored, a hand-over settled, a receipt
+recorded, an outbox item marked sent) go through one group commit
+(``adapters.batching``): concurrent calls share a transaction, each set-based
+(one statement per table for the batch, ``ON CONFLICT DO NOTHING`` for the
+de-duplication) and each caller still returns only after its write is
+committed.
+
 Must never: log content, or be shared by two adapters.
 """
 
@@ -23,8 +30,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from adapters.batching import GroupCommit
 
 #: Bumped when the schema changes; a file of another version is refused at start.
 SCHEMA_VERSION: Final = 1
@@ -243,12 +253,77 @@ def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+#: A receipt for the outbox: (receipt id, signed body, AMQP type).
+ReceiptRow = tuple[str, bytes, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    """``store_received``: the inbox row and its first receipt."""
+
+    row: dict[str, Any]
+    receipt: ReceiptRow | None
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """``settle_handover``."""
+
+    message_id: str
+    state: str
+    reason: str | None
+    receipt: ReceiptRow
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    """``queue_receipt``."""
+
+    receipt: ReceiptRow
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """``record_event``: a receipt for a sent message, every column of ``sent_events``."""
+
+    row: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """``mark_sent`` or ``mark_sent_many``."""
+
+    item_ids: tuple[str, ...]
+    now: datetime
+
+
+_Write = _Received | _Settled | _Queued | _Event | _Sent
+
+_EVENT_COLUMNS: Final = tuple(sent_events.c.keys())
+
+
 class AdapterStore:
-    """The adapter's SQLite file; every method is one transaction."""
+    """The adapter's SQLite file; every method is one transaction.
+
+    ``store_received``, ``settle_handover``, ``queue_receipt``, ``record_event``
+    and ``mark_sent`` share theirs with the concurrent calls of any of them
+    (group commit). Calls in one batch overlap in time, so any order of them is
+    one that calls in turn could have had; the store keeps the order they came
+    in within each method, so of two duplicates the first wins, as in turn.
+    """
 
     def __init__(self, engine: AsyncEngine, agency: str) -> None:
         self._engine = engine
         self.agency = agency
+        self._group: GroupCommit[_Write, bool] = GroupCommit(self._write_batch)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine (for tests and tools that watch the transactions)."""
+        return self._engine
 
     @classmethod
     async def open(cls, path: Path, agency: str) -> AdapterStore:
@@ -282,7 +357,8 @@ class AdapterStore:
         return store
 
     async def close(self) -> None:
-        """Close the connection."""
+        """Let queued writes commit, then close the connection."""
+        await self._group.idle()
         await self._engine.dispose()
 
     @asynccontextmanager
@@ -294,6 +370,28 @@ class AdapterStore:
             raise
         except SQLAlchemyError as exc:
             raise AdapterStoreError("the adapter database failed") from exc
+
+    async def _write_batch(self, writes: Sequence[_Write]) -> list[bool]:
+        """Every write in one transaction, a few statements per kind; one result each.
+
+        The kinds go in a fixed order (stored, settled, queued, events, sent);
+        within a kind, the order the writes came in. ``mark_sent``,
+        ``settle_handover`` and ``queue_receipt`` have no result: True.
+        """
+        received = [(i, w) for i, w in enumerate(writes) if isinstance(w, _Received)]
+        events = [(i, w) for i, w in enumerate(writes) if isinstance(w, _Event)]
+        async with self._tx() as conn:
+            stored = await _store_many(conn, [w for _, w in received])
+            await _settle_many(conn, [w for w in writes if isinstance(w, _Settled)])
+            await _queue_receipts(
+                conn, [(w.receipt, w.now) for w in writes if isinstance(w, _Queued)]
+            )
+            recorded = await _record_events(conn, [w for _, w in events])
+            await _mark_sent(conn, [w for w in writes if isinstance(w, _Sent)])
+        results = [True] * len(writes)
+        for (index, _), result in zip([*received, *events], [*stored, *recorded], strict=True):
+            results[index] = result
+        return results
 
     # --- outbox and sent ------------------------------------------------------------------
 
@@ -371,24 +469,37 @@ class AdapterStore:
 
     async def mark_sent(self, item_id: str, now: datetime) -> None:
         """RabbitMQ confirmed the item: never publish it again."""
-        async with self._tx() as conn:
-            await conn.execute(outbox.update().where(outbox.c.id == item_id).values(sent_at=now))
+        await self.mark_sent_many([item_id], now)
+
+    async def mark_sent_many(self, item_ids: Sequence[str], now: datetime) -> None:
+        """RabbitMQ confirmed these items: never publish them again (one transaction)."""
+        if item_ids:
+            await self._group.submit(_Sent(tuple(item_ids), now))
 
     async def defer(self, item_id: str, until: datetime) -> None:
         """Publishing failed: count the attempt and try again at ``until``."""
+        await self.defer_many([(item_id, until)])
+
+    async def defer_many(self, items: Sequence[tuple[str, datetime]]) -> None:
+        """``defer`` for each (item id, until), in one transaction."""
+        if not items:
+            return
         async with self._tx() as conn:
             await conn.execute(
                 outbox.update()
-                .where(outbox.c.id == item_id)
-                .values(attempts=outbox.c.attempts + 1, next_attempt_at=until)
+                .where(outbox.c.id == sa.bindparam("b_id"))
+                .values(
+                    attempts=outbox.c.attempts + 1,
+                    next_attempt_at=sa.bindparam("b_until", type_=UtcDateTime()),
+                ),
+                [{"b_id": item_id, "b_until": until} for item_id, until in items],
             )
 
     async def queue_receipt(
         self, receipt_id: str, body: bytes, amqp_type: str, now: datetime
     ) -> None:
         """Put a signed receipt in the outbox (once: its id is deterministic)."""
-        async with self._tx() as conn:
-            await _queue_receipt(conn, receipt_id, body, amqp_type, now)
+        await self._group.submit(_Queued((receipt_id, body, amqp_type), now))
 
     async def sent_messages(self, limit: int = 200) -> list[SentRow]:
         """Messages this adapter sent, newest first."""
@@ -414,23 +525,21 @@ class AdapterStore:
         return None if row is None else _sent_row(row, row.sent_at)
 
     async def record_event(self, *, receipt_id: str, message_id: str, **fields: Any) -> bool:
-        """Record a verified receipt for a sent message; False if already recorded."""
-        async with self._tx() as conn:
-            known = await conn.scalar(
-                sa.select(sa.func.count()).select_from(sent).where(sent.c.message_id == message_id)
-            )
-            if not known:
-                return False
-            try:
-                async with conn.begin_nested():
-                    await conn.execute(
-                        sent_events.insert().values(
-                            receipt_id=receipt_id, message_id=message_id, **fields
-                        )
-                    )
-            except IntegrityError:
-                return False
-        return True
+        """Record a verified receipt for a sent message; False if already recorded.
+
+        Also False for a message this adapter did not send, and for a row the
+        table refuses (a missing status, say): an ``IntegrityError`` always was.
+        """
+        unknown = set(fields).difference(_EVENT_COLUMNS)
+        if unknown:
+            raise TypeError(f"sent_events has no column {sorted(unknown)}")
+        # Every column, so that the batch binds one shape of row.
+        row = {name: fields.get(name) for name in _EVENT_COLUMNS}
+        row.update(receipt_id=receipt_id, message_id=message_id)
+        try:
+            return await self._group.submit(_Event(row))
+        except IntegrityError:
+            return False
 
     async def events(self, message_id: str) -> list[dict[str, Any]]:
         """The recorded receipts for one sent message, oldest first."""
@@ -460,33 +569,21 @@ class AdapterStore:
         now: datetime,
     ) -> bool:
         """Store a received message and its first receipt together; False if a duplicate."""
-        async with self._tx() as conn:
-            exists = await conn.scalar(
-                sa.select(sa.func.count())
-                .select_from(inbox)
-                .where(inbox.c.message_id == message_id)
-            )
-            if exists:
-                return False
-            await conn.execute(
-                inbox.insert().values(
-                    message_id=message_id,
-                    sender=sender,
-                    kind=kind,
-                    header=header,
-                    digest=digest,
-                    content=content,
-                    child_age=child_age,
-                    received_at=now,
-                    state=state,
-                    reason=reason,
-                    handover_attempts=0,
-                    next_handover_at=now if state == "delivered" else None,
-                )
-            )
-            if receipt is not None:
-                await _queue_receipt(conn, *receipt, now)
-        return True
+        row = {
+            "message_id": message_id,
+            "sender": sender,
+            "kind": kind,
+            "header": header,
+            "digest": digest,
+            "content": content,
+            "child_age": child_age,
+            "received_at": now,
+            "state": state,
+            "reason": reason,
+            "handover_attempts": 0,
+            "next_handover_at": now if state == "delivered" else None,
+        }
+        return await self._group.submit(_Received(row, receipt, now))
 
     async def due_handovers(self, now: datetime, limit: int = 50) -> list[InboxRow]:
         """Stored messages not yet handed over whose next attempt is due."""
@@ -509,18 +606,7 @@ class AdapterStore:
         now: datetime,
     ) -> None:
         """Mark a message handed over (or refused) and queue the receipt that says so."""
-        values: dict[str, Any] = {"state": state, "reason": reason, "next_handover_at": None}
-        if state == "handed_over":
-            values["handed_over_at"] = now
-        else:
-            values["content"] = None  # refused: the adapter keeps nothing it may not hand over
-        async with self._tx() as conn:
-            await conn.execute(
-                inbox.update()
-                .where(inbox.c.message_id == message_id, inbox.c.state == "delivered")
-                .values(**values)
-            )
-            await _queue_receipt(conn, *receipt, now)
+        await self._group.submit(_Settled(message_id, state, reason, receipt, now))
 
     async def retry_handover(self, message_id: str, until: datetime) -> None:
         """The agency system did not take it: try again at ``until``."""
@@ -628,17 +714,149 @@ class AdapterStore:
 async def _queue_receipt(
     conn: AsyncConnection, receipt_id: str, body: bytes, amqp_type: str, now: datetime
 ) -> None:
-    exists = await conn.scalar(
-        sa.select(sa.func.count()).select_from(outbox).where(outbox.c.id == receipt_id)
+    await _queue_receipts(conn, [((receipt_id, body, amqp_type), now)])
+
+
+async def _queue_receipts(
+    conn: AsyncConnection, receipts: Sequence[tuple[ReceiptRow, datetime]]
+) -> None:
+    """Put receipts in the outbox; an id already there (or earlier in the list) is kept."""
+    if not receipts:
+        return
+    await conn.execute(
+        sqlite.insert(outbox).on_conflict_do_nothing(index_elements=[outbox.c.id]),
+        [
+            {
+                "id": receipt_id,
+                "type": amqp_type,
+                "body": body,
+                "created_at": now,
+                "attempts": 0,
+                "next_attempt_at": now,
+            }
+            for (receipt_id, body, amqp_type), now in receipts
+        ],
     )
-    if not exists:
-        await conn.execute(
-            outbox.insert().values(
-                id=receipt_id,
-                type=amqp_type,
-                body=body,
-                created_at=now,
-                attempts=0,
-                next_attempt_at=now,
+
+
+async def _store_many(conn: AsyncConnection, writes: Sequence[_Received]) -> list[bool]:
+    """Insert the inbox rows not stored yet, with their receipts; True for each one inserted.
+
+    The first write of a message id inserts it; a later one in the batch, like
+    one of an id stored before, is a duplicate (False, and no receipt).
+    """
+    first: dict[str, _Received] = {}
+    for write in writes:
+        first.setdefault(write.row["message_id"], write)
+    if not first:
+        return []
+    inserted = set(
+        (
+            await conn.execute(
+                sqlite.insert(inbox)
+                .on_conflict_do_nothing(index_elements=[inbox.c.message_id])
+                .returning(inbox.c.message_id),
+                [write.row for write in first.values()],
             )
+        ).scalars()
+    )
+    created = [
+        write.row["message_id"] in inserted and first[write.row["message_id"]] is write
+        for write in writes
+    ]
+    await _queue_receipts(
+        conn,
+        [
+            (write.receipt, write.now)
+            for write, new in zip(writes, created, strict=True)
+            if new and write.receipt is not None
+        ],
+    )
+    return created
+
+
+async def _settle_many(conn: AsyncConnection, writes: Sequence[_Settled]) -> None:
+    """Settle each hand-over still ``delivered``, in order, and queue every receipt."""
+    if not writes:
+        return
+    await conn.execute(
+        inbox.update()
+        .where(inbox.c.message_id == sa.bindparam("b_id"), inbox.c.state == "delivered")
+        .values(
+            state=sa.bindparam("b_state"),
+            reason=sa.bindparam("b_reason"),
+            next_handover_at=None,
+            # Handed over: stamp the time, keep the content. Refused: leave the
+            # time, drop the content (the adapter keeps nothing it may not hand
+            # over). One statement for both, so the batch keeps its order.
+            handed_over_at=sa.func.coalesce(
+                sa.bindparam("b_handed_over_at", type_=UtcDateTime()), inbox.c.handed_over_at
+            ),
+            content=sa.case(
+                (sa.bindparam("b_keep_content", type_=sa.Boolean()), inbox.c.content),
+                else_=sa.null(),
+            ),
+        ),
+        [
+            {
+                "b_id": write.message_id,
+                "b_state": write.state,
+                "b_reason": write.reason,
+                "b_handed_over_at": write.now if write.state == "handed_over" else None,
+                "b_keep_content": write.state == "handed_over",
+            }
+            for write in writes
+        ],
+    )
+    await _queue_receipts(conn, [(write.receipt, write.now) for write in writes])
+
+
+async def _record_events(conn: AsyncConnection, writes: Sequence[_Event]) -> list[bool]:
+    """Insert the receipts of sent messages; True for each one inserted.
+
+    One read finds which message ids this adapter sent; the first receipt of an
+    id (among those of sent messages) inserts it, a later one in the batch, like
+    one recorded before, is not recorded again (False).
+    """
+    if not writes:
+        return []
+    message_ids = sorted({write.row["message_id"] for write in writes})
+    known = set(
+        (
+            await conn.execute(
+                sa.select(sent.c.message_id).where(sent.c.message_id.in_(message_ids))
+            )
+        ).scalars()
+    )
+    first: dict[str, _Event] = {}
+    for write in writes:
+        if write.row["message_id"] in known:
+            first.setdefault(write.row["receipt_id"], write)
+    inserted: set[str] = set()
+    if first:
+        inserted = set(
+            (
+                await conn.execute(
+                    sqlite.insert(sent_events)
+                    .on_conflict_do_nothing(index_elements=[sent_events.c.receipt_id])
+                    .returning(sent_events.c.receipt_id),
+                    [write.row for write in first.values()],
+                )
+            ).scalars()
+        )
+    return [
+        write.row["receipt_id"] in inserted and first[write.row["receipt_id"]] is write
+        for write in writes
+    ]
+
+
+async def _mark_sent(conn: AsyncConnection, writes: Sequence[_Sent]) -> None:
+    """Set ``sent_at`` on every confirmed item, in order (a later mark of an id stands)."""
+    rows = [{"b_id": item_id, "b_at": write.now} for write in writes for item_id in write.item_ids]
+    if rows:
+        await conn.execute(
+            outbox.update()
+            .where(outbox.c.id == sa.bindparam("b_id"))
+            .values(sent_at=sa.bindparam("b_at", type_=UtcDateTime())),
+            rows,
         )
