@@ -51,6 +51,7 @@ from sqlalchemy.pool import NullPool
 
 from broker.audit import entry as audit_entry
 from broker.audit import merkle
+from broker.deadlines import Plan
 from broker.errors import Unavailable
 from broker.records import MessageRecord, Outcome, ReceiptWrite, Recorded, StatusEvent
 from schemas.audit import AuditEntry
@@ -628,6 +629,20 @@ def _event_from(row: sa.RowMapping) -> StatusEvent:
 AUDIT_LOCK_KEY: Final = 0x62_61_63_6B_61_75_64  # "backaud"
 
 
+def _deadline_values(
+    message_id: str, rule: str, agency: str | None, due_at: datetime
+) -> dict[str, Any]:
+    """A new open deadline's row (a message-level one under ``MESSAGE_LEVEL``)."""
+    return {
+        "message_id": message_id,
+        "rule": rule,
+        "agency": agency if agency is not None else MESSAGE_LEVEL,
+        "due_at": due_at,
+        "state": "open",
+        "attempts": 0,
+    }
+
+
 async def read_nodes(
     conn: AsyncConnection, keys: Iterable[tuple[int, int]]
 ) -> dict[tuple[int, int], bytes]:
@@ -868,9 +883,7 @@ class SqlStore:
         """
         if not receipts:
             return [], []
-        ids: list[int | None] = []
-        for write in receipts:
-            ids.append(await self._insert_event(conn, write.event))
+        ids = await self._insert_receipt_events(conn, [write.event for write in receipts])
         entries = [
             audit_entry.receipt_entry(write.event, record=write.record)
             for write, inserted in zip(receipts, ids, strict=True)
@@ -878,6 +891,7 @@ class SqlStore:
         ]
         planned = {w.record.message_id for w in receipts if w.deadlines is not None}
         timelines = await self._timelines(conn, planned) if planned else {}
+        plans: list[tuple[Plan, datetime]] = []
         for i, write in enumerate(receipts):
             if write.deadlines is None:
                 continue
@@ -889,14 +903,88 @@ class SqlStore:
                     if event_id not in later
                 ]
             )
-            await self._open_deadlines(
-                conn, [(d.message_id, d.rule, d.agency, d.due_at) for d in plan.open]
-            )
-            for close in plan.close:
-                await self._close_deadlines(
-                    conn, close.message_id, [close.rule], close.agency, write.event.recorded_at
-                )
+            plans.append((plan, write.event.recorded_at))
+        await self._apply_plans(conn, plans)
         return [inserted is not None for inserted in ids], entries
+
+    async def _insert_receipt_events(
+        self, conn: AsyncConnection, events: Sequence[StatusEvent]
+    ) -> list[int | None]:
+        """Insert receipt events in one statement; each one's row id, None if not written.
+
+        A receipt id already stored, or earlier in ``events``, is not written
+        again. Rows are numbered in ``events`` order (the timeline's tie-break).
+        """
+        if any(event.receipt_id is None for event in events):
+            raise ValueError("a receipt event has a receipt id")
+        rows = await conn.execute(
+            self._insert(STATUS_EVENTS)
+            .on_conflict_do_nothing(
+                index_elements=[STATUS_EVENTS.c.receipt_id], index_where=_RECEIPT_PRESENT
+            )
+            .returning(STATUS_EVENTS.c.id, STATUS_EVENTS.c.receipt_id),
+            [_event_values(event) for event in events],
+        )
+        inserted = {str(row.receipt_id): int(row.id) for row in rows}
+        return [inserted.pop(str(event.receipt_id), None) for event in events]
+
+    async def _apply_plans(
+        self, conn: AsyncConnection, plans: Sequence[tuple[Plan, datetime]]
+    ) -> None:
+        """Apply each plan's openings and closings (at its time), as if one after another.
+
+        When no deadline is touched twice, order cannot matter and the batch
+        takes one statement for the openings and one for the closings; else
+        each plan is applied in turn.
+        """
+        keys = [
+            *((d.message_id, d.rule, d.agency) for plan, _at in plans for d in plan.open),
+            *((c.message_id, c.rule, c.agency) for plan, _at in plans for c in plan.close),
+        ]
+        if len(set(keys)) < len(keys):
+            for plan, at in plans:
+                await self._open_deadlines(
+                    conn, [(d.message_id, d.rule, d.agency, d.due_at) for d in plan.open]
+                )
+                for close in plan.close:
+                    await self._close_deadlines(
+                        conn, close.message_id, [close.rule], close.agency, at
+                    )
+            return
+        opens = [
+            _deadline_values(d.message_id, d.rule, d.agency, d.due_at)
+            for plan, _at in plans
+            for d in plan.open
+        ]
+        if opens:
+            await conn.execute(
+                self._insert(DEADLINES).on_conflict_do_nothing(
+                    index_elements=[DEADLINES.c.message_id, DEADLINES.c.rule, DEADLINES.c.agency]
+                ),
+                opens,
+            )
+        closes = [
+            {
+                "closed_id": close.message_id,
+                "closed_rule": close.rule,
+                "closed_agency": close.agency if close.agency is not None else MESSAGE_LEVEL,
+                "closed_at": at,
+            }
+            for plan, at in plans
+            for close in plan.close
+        ]
+        if closes:
+            await conn.execute(
+                sa.update(DEADLINES)
+                .where(
+                    DEADLINES.c.message_id == sa.bindparam("closed_id"),
+                    DEADLINES.c.rule == sa.bindparam("closed_rule"),
+                    DEADLINES.c.agency == sa.bindparam("closed_agency"),
+                    DEADLINES.c.state == "open",
+                )
+                .values(state="closed", closed_at=sa.bindparam("closed_at")),
+                closes,
+            )
 
     async def _timelines(
         self, conn: AsyncConnection, message_ids: Iterable[str]
@@ -1314,14 +1402,7 @@ class SqlStore:
             inserted = (
                 await conn.execute(
                     self._insert(DEADLINES)
-                    .values(
-                        message_id=message_id,
-                        rule=rule,
-                        agency=agency if agency is not None else MESSAGE_LEVEL,
-                        due_at=due_at,
-                        state="open",
-                        attempts=0,
-                    )
+                    .values(_deadline_values(message_id, rule, agency, due_at))
                     .on_conflict_do_nothing(
                         index_elements=[
                             DEADLINES.c.message_id,

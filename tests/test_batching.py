@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -295,3 +295,33 @@ async def test_a_receipt_for_another_message_is_refused_before_any_write(
     with pytest.raises(ValueError, match="belong"):
         await store.record_receipt(ReceiptWrite(record, _receipt(other, "soc", "read", "r-4")))
     assert len(await store.timeline(record.message_id)) == 1
+
+
+async def test_receipts_touching_distinct_deadlines_apply_them_all_together(
+    store: SqlStore,
+) -> None:
+    """Ten receipts, each closing its message's delivery deadline and opening an answer one."""
+    grouped = GroupCommitStore(store)
+    records = [_record(i) for i in range(20, 30)]
+    await asyncio.gather(*(grouped.record_decision(r, [_accepted(r)]) for r in records))
+    due = T0 + timedelta(days=3)
+    await grouped.open_deadlines([(r.message_id, "delivery", "soc", due) for r in records])
+
+    def planner(record: MessageRecord) -> Callable[[Sequence[StatusEvent]], Plan]:
+        def plan(_timeline: Sequence[StatusEvent]) -> Plan:
+            return Plan(
+                open=(OpenDeadline("answer", record.message_id, "soc", due),),
+                close=(CloseDeadline("delivery", record.message_id, "soc"),),
+            )
+
+        return plan
+
+    writes = [
+        ReceiptWrite(r, _receipt(r, "soc", "delivered", f"d-{i}"), planner(r))
+        for i, r in enumerate(records)
+    ]
+    assert await asyncio.gather(*(grouped.record_receipt(w) for w in writes)) == [True] * 10
+    matters = await store.open_matters()
+    assert sorted((m.message_id, m.rule) for m in matters) == sorted(
+        (r.message_id, "answer") for r in records
+    )
