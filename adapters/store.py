@@ -258,6 +258,14 @@ ReceiptRow = tuple[str, bytes, str]
 
 
 @dataclass(frozen=True, slots=True)
+class _Submitted:
+    """``submit``: the sealed submission's ``sent`` row and its outbox row."""
+
+    sent_row: dict[str, Any]
+    outbox_row: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class _Received:
     """``store_received``: the inbox row and its first receipt."""
 
@@ -300,7 +308,10 @@ class _Sent:
     now: datetime
 
 
-_Write = _Received | _Settled | _Queued | _Event | _Sent
+_Write = _Submitted | _Received | _Settled | _Queued | _Event | _Sent
+#: A write's result: a submission's ``(message id, created)`` or its refusal, else a flag
+#: (True if the write has no result).
+_Result = tuple[str, bool] | IdempotencyConflict | bool
 
 _EVENT_COLUMNS: Final = tuple(sent_events.c.keys())
 
@@ -308,9 +319,9 @@ _EVENT_COLUMNS: Final = tuple(sent_events.c.keys())
 class AdapterStore:
     """The adapter's SQLite file; every method is one transaction.
 
-    ``store_received``, ``settle_handover``, ``queue_receipt``, ``record_event``
-    and ``mark_sent`` share theirs with the concurrent calls of any of them
-    (group commit). Calls in one batch overlap in time, so any order of them is
+    ``submit``, ``store_received``, ``settle_handover``, ``queue_receipt``,
+    ``record_event`` and ``mark_sent`` share theirs with the concurrent calls
+    of any of them (group commit). Calls in one batch overlap in time, so any order of them is
     one that calls in turn could have had; the store keeps the order they came
     in within each method, so of two duplicates the first wins, as in turn.
     """
@@ -318,7 +329,7 @@ class AdapterStore:
     def __init__(self, engine: AsyncEngine, agency: str) -> None:
         self._engine = engine
         self.agency = agency
-        self._group: GroupCommit[_Write, bool] = GroupCommit(self._write_batch)
+        self._group: GroupCommit[_Write, _Result] = GroupCommit(self._write_batch)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -371,16 +382,25 @@ class AdapterStore:
         except SQLAlchemyError as exc:
             raise AdapterStoreError("the adapter database failed") from exc
 
-    async def _write_batch(self, writes: Sequence[_Write]) -> list[bool]:
+    async def _flag(self, write: _Received | _Event) -> bool:
+        """Submit a write whose result is a flag, and return it."""
+        result = await self._group.submit(write)
+        assert isinstance(result, bool)  # noqa: S101 - these writes' results are flags
+        return result
+
+    async def _write_batch(self, writes: Sequence[_Write]) -> list[_Result]:
         """Every write in one transaction, a few statements per kind; one result each.
 
-        The kinds go in a fixed order (stored, settled, queued, events, sent);
-        within a kind, the order the writes came in. ``mark_sent``,
-        ``settle_handover`` and ``queue_receipt`` have no result: True.
+        The kinds go in a fixed order (submitted, stored, settled, queued,
+        events, sent); within a kind, the order the writes came in.
+        ``mark_sent``, ``settle_handover`` and ``queue_receipt`` have no
+        result: True.
         """
+        submitted = [(i, w) for i, w in enumerate(writes) if isinstance(w, _Submitted)]
         received = [(i, w) for i, w in enumerate(writes) if isinstance(w, _Received)]
         events = [(i, w) for i, w in enumerate(writes) if isinstance(w, _Event)]
         async with self._tx() as conn:
+            accepted = await _submit_many(conn, [w for _, w in submitted])
             stored = await _store_many(conn, [w for _, w in received])
             await _settle_many(conn, [w for w in writes if isinstance(w, _Settled)])
             await _queue_receipts(
@@ -388,9 +408,11 @@ class AdapterStore:
             )
             recorded = await _record_events(conn, [w for _, w in events])
             await _mark_sent(conn, [w for w in writes if isinstance(w, _Sent)])
-        results = [True] * len(writes)
-        for (index, _), result in zip([*received, *events], [*stored, *recorded], strict=True):
+        results: list[_Result] = [True] * len(writes)
+        for (index, _), result in zip(submitted, accepted, strict=True):
             results[index] = result
+        for (index, _), flag in zip([*received, *events], [*stored, *recorded], strict=True):
+            results[index] = flag
         return results
 
     # --- outbox and sent ------------------------------------------------------------------
@@ -416,45 +438,33 @@ class AdapterStore:
         message's id and ``created=False``; with another request, raises
         :class:`IdempotencyConflict`.
         """
-        async with self._tx() as conn:
-            if idempotency_key is not None:
-                found = (
-                    await conn.execute(
-                        sa.select(sent.c.message_id, sent.c.request_digest).where(
-                            sent.c.idempotency_key == idempotency_key
-                        )
-                    )
-                ).first()
-                if found is not None:
-                    if found.request_digest != request_digest:
-                        raise IdempotencyConflict(
-                            "this Idempotency-Key was used for a different submission"
-                        )
-                    return str(found.message_id), False
-            await conn.execute(
-                sent.insert().values(
-                    message_id=message_id,
-                    idempotency_key=idempotency_key,
-                    request_digest=request_digest,
-                    kind=kind,
-                    recipients=json.dumps(list(recipients)),
-                    child=child,
-                    thread=thread,
-                    digest=digest,
-                    submitted_at=now,
-                )
+        result = await self._group.submit(
+            _Submitted(
+                sent_row={
+                    "message_id": message_id,
+                    "idempotency_key": idempotency_key,
+                    "request_digest": request_digest,
+                    "kind": kind,
+                    "recipients": json.dumps(list(recipients)),
+                    "child": child,
+                    "thread": thread,
+                    "digest": digest,
+                    "submitted_at": now,
+                },
+                outbox_row={
+                    "id": message_id,
+                    "type": amqp_type,
+                    "body": wire,
+                    "created_at": now,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                },
             )
-            await conn.execute(
-                outbox.insert().values(
-                    id=message_id,
-                    type=amqp_type,
-                    body=wire,
-                    created_at=now,
-                    attempts=0,
-                    next_attempt_at=now,
-                )
-            )
-        return message_id, True
+        )
+        if isinstance(result, IdempotencyConflict):
+            raise result
+        assert isinstance(result, tuple)  # noqa: S101 - a submission's result is its id
+        return result
 
     async def due_outbox(self, now: datetime, limit: int = 100) -> list[OutboxItem]:
         """Unsent outbox items whose next attempt is due, oldest first."""
@@ -537,7 +547,7 @@ class AdapterStore:
         row = {name: fields.get(name) for name in _EVENT_COLUMNS}
         row.update(receipt_id=receipt_id, message_id=message_id)
         try:
-            return await self._group.submit(_Event(row))
+            return await self._flag(_Event(row))
         except IntegrityError:
             return False
 
@@ -583,7 +593,7 @@ class AdapterStore:
             "handover_attempts": 0,
             "next_handover_at": now if state == "delivered" else None,
         }
-        return await self._group.submit(_Received(row, receipt, now))
+        return await self._flag(_Received(row, receipt, now))
 
     async def due_handovers(self, now: datetime, limit: int = 50) -> list[InboxRow]:
         """Stored messages not yet handed over whose next attempt is due."""
@@ -737,6 +747,49 @@ async def _queue_receipts(
             for (receipt_id, body, amqp_type), now in receipts
         ],
     )
+
+
+async def _submit_many(
+    conn: AsyncConnection, writes: Sequence[_Submitted]
+) -> list[tuple[str, bool] | IdempotencyConflict]:
+    """Insert the submissions; each one's ``(message id, created)``, or its refusal.
+
+    An idempotency key already stored, or earlier in the batch, gives that
+    submission's id and ``created=False`` if the request is the same, and an
+    :class:`IdempotencyConflict` (for ``submit`` to raise) if not.
+    """
+    if not writes:
+        return []
+    keys = sorted({w.sent_row["idempotency_key"] for w in writes} - {None})
+    known: dict[str, tuple[str, str]] = {}
+    if keys:
+        rows = await conn.execute(
+            sa.select(sent.c.idempotency_key, sent.c.message_id, sent.c.request_digest).where(
+                sent.c.idempotency_key.in_(keys)
+            )
+        )
+        known = {str(r.idempotency_key): (str(r.message_id), str(r.request_digest)) for r in rows}
+    results: list[tuple[str, bool] | IdempotencyConflict] = []
+    new: list[_Submitted] = []
+    for write in writes:
+        key = write.sent_row["idempotency_key"]
+        if key is not None and key in known:
+            message_id, request_digest = known[key]
+            if request_digest != write.sent_row["request_digest"]:
+                results.append(
+                    IdempotencyConflict("this Idempotency-Key was used for a different submission")
+                )
+            else:
+                results.append((message_id, False))
+            continue
+        if key is not None:
+            known[key] = (write.sent_row["message_id"], write.sent_row["request_digest"])
+        new.append(write)
+        results.append((write.sent_row["message_id"], True))
+    if new:
+        await conn.execute(sent.insert(), [w.sent_row for w in new])
+        await conn.execute(outbox.insert(), [w.outbox_row for w in new])
+    return results
 
 
 async def _store_many(conn: AsyncConnection, writes: Sequence[_Received]) -> list[bool]:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from adapters.runtime import AdapterRuntime
-from adapters.store import AdapterStore, AdapterStoreError
+from adapters.store import AdapterStore, AdapterStoreError, IdempotencyConflict
 from keys.policy import load_policy
 from keys.pseudonym import PseudonymKey
 from schemas.directory import AgencyType
@@ -342,3 +342,44 @@ async def test_due_items_are_published_together_and_marked_sent_once_confirmed(
     assert await due_ids(store) == set()  # the refused ones wait for their backoff
     again = await store.due_outbox(T0 + timedelta(minutes=1))
     assert [(i.id, i.attempts) for i in again] == [(item, 1) for item in items[4:]]
+
+
+def submission(message_id: str, key: str | None, request_digest: str = "11" * 32) -> dict[str, Any]:
+    """``submit``'s arguments for one sealed referral."""
+    return {
+        "message_id": message_id,
+        "idempotency_key": key,
+        "request_digest": request_digest,
+        "kind": "referral",
+        "recipients": ["soc"],
+        "child": "ab" * 32,
+        "thread": message_id,
+        "digest": "cd" * 32,
+        "wire": b"{}",
+        "amqp_type": "backa.envelope.v1",
+        "now": T0,
+    }
+
+
+async def test_concurrent_submissions_share_commits_and_keep_idempotency(
+    store: AdapterStore, commits: Commits
+) -> None:
+    """Twenty submissions at once: few commits; a repeated key gives the first id once.
+
+    The same key with another request is refused for that caller alone: the
+    others in its batch are stored all the same.
+    """
+    calls = [store.submit(**submission(uid(i), f"key-{i}")) for i in range(20)]
+    calls.append(store.submit(**submission(uid(100), "key-3")))  # the same request again
+    calls.append(store.submit(**submission(uid(101), "key-4", request_digest="22" * 32)))
+    calls.append(store.submit(**submission(uid(102), None)))
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert results[:20] == [(uid(i), True) for i in range(20)]
+    assert results[20] == (uid(3), False), "a repeat answers with the first message's id"
+    assert isinstance(results[21], IdempotencyConflict)
+    assert results[22] == (uid(102), True)
+    stored = {row.message_id for row in await store.sent_messages(limit=100)}
+    assert stored == {uid(i) for i in range(20)} | {uid(102)}
+    assert {item.id for item in await store.due_outbox(T0)} == stored
+    assert commits.count <= 4, "one or two shared commits, and the two reads above"
+    assert await store.submit(**submission(uid(103), "key-5")) == (uid(5), False), "and later"
