@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from adapters.runtime import AdapterRuntime
+from adapters.runtime import AdapterRuntime, by_thread
 from adapters.store import AdapterStore, AdapterStoreError, IdempotencyConflict
 from keys.policy import load_policy
 from keys.pseudonym import PseudonymKey
@@ -383,3 +383,39 @@ async def test_concurrent_submissions_share_commits_and_keep_idempotency(
     assert {item.id for item in await store.due_outbox(T0)} == stored
     assert commits.count <= 4, "one or two shared commits, and the two reads above"
     assert await store.submit(**submission(uid(103), "key-5")) == (uid(5), False), "and later"
+
+
+async def test_threads_are_handed_over_side_by_side_each_in_its_order() -> None:
+    """``by_thread``: items of one thread one after another, in order; threads overlap."""
+    running = 0
+    most = 0
+    done: list[str] = []
+
+    async def work(item: str) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01 * (3 - int(item[-1])))  # later items finish sooner if let
+        done.append(item)
+        running -= 1
+
+    items = [f"{thread}{n}" for n in range(3) for thread in "abcdef"]
+    await by_thread(items, lambda item: item[0], work, concurrency=4)
+    assert sorted(done) == sorted(items), "every item once"
+    for thread in "abcdef":
+        assert [i for i in done if i[0] == thread] == [f"{thread}0", f"{thread}1", f"{thread}2"]
+    assert most == 4, "four threads at a time, never more"
+
+
+async def test_a_failed_hand_over_lets_the_other_threads_finish_then_raises() -> None:
+    done: list[str] = []
+
+    async def work(item: str) -> None:
+        await asyncio.sleep(0)
+        if item == "b0":
+            raise ConnectionError("the agency system is away")
+        done.append(item)
+
+    with pytest.raises(ConnectionError):
+        await by_thread(["a0", "b0", "b1", "c0", "a1"], lambda i: i[0], work, concurrency=8)
+    assert sorted(done) == ["a0", "a1", "c0"], "b1 waits behind b0; the others are done"

@@ -453,6 +453,43 @@ async def test_the_webhook_is_retried_until_the_agency_system_takes_the_message(
     assert (await social.runtime.store.received(message_id)).handover_attempts == 2  # type: ignore[union-attr]
 
 
+async def test_a_backlog_is_handed_over_several_at_a_time_each_once(area: Area) -> None:
+    """Eight reports queued while social services was away: webhooks overlap, none twice."""
+    in_flight = 0
+    most = 0
+    calls: list[str] = []
+
+    async def agency_system(request: web.Request) -> web.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        calls.append(request.headers["Idempotency-Key"])
+        await asyncio.sleep(0.2)
+        in_flight -= 1
+        return web.json_response({}, status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", agency_system)
+    async with serve(app) as base_url:
+        police = await area.start(POLICE)
+        sent = [await police.submit(example("police-concern_report.json")) for _ in range(8)]
+        social = await area.start(SOCIAL, handover="webhook", webhook_url=f"{base_url}/hook")
+
+        async def all_handed_over() -> bool:
+            for message_id in sent:
+                if ("handed_over", SOCIAL.agency, None) not in await police.timeline(message_id):
+                    return False
+            return True
+
+        await until(all_handed_over, what="every handed_over receipt")
+    assert sorted(calls) == sorted(sent), "each handed over exactly once"
+    assert most > 1, "independent threads are handed over side by side"
+    for message_id in sent:
+        row = await social.runtime.store.received(message_id)
+        assert row is not None
+        assert row.handover_attempts == 0, "none failed and was retried"
+
+
 async def test_the_outbox_survives_a_restart_of_the_adapter(area: Area) -> None:
     """Submitted while RabbitMQ refuses the adapter, stopped, started again: the message goes."""
     social = await area.start(SOCIAL)
