@@ -38,9 +38,11 @@ class BulkStore(Store, Protocol):
         marks: Sequence[tuple[str, datetime]],
         receipts: Sequence[ReceiptWrite] = (),
         opens: Sequence[tuple[str, str, str | None, datetime]] = (),
+        item_opens: Sequence[Sequence[tuple[str, str, str | None, datetime]]] = (),
     ) -> BatchWritten:
         """Record the decisions, mark the routed, record the receipts and open the
-        deadlines, in one transaction."""
+        deadlines (``item_opens[i]`` only if ``items[i]`` created its message), in one
+        transaction."""
         ...
 
 
@@ -48,6 +50,7 @@ class BulkStore(Store, Protocol):
 class _Decision:
     record: MessageRecord
     events: Sequence[StatusEvent]
+    opens: Sequence[tuple[str, str, str | None, datetime]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +88,13 @@ class GroupCommitStore:
         self._writer: asyncio.Task[None] | None = None
 
     async def record_decision(
-        self, record: MessageRecord, events: Sequence[StatusEvent]
+        self,
+        record: MessageRecord,
+        events: Sequence[StatusEvent],
+        opens: Sequence[tuple[str, str, str | None, datetime]] = (),
     ) -> Recorded:
-        """Queue the decision for the next shared commit and wait for it."""
-        recorded = await self._submit(_Decision(record, events))
+        """Queue the decision (and its deadlines) for the next shared commit and wait for it."""
+        recorded = await self._submit(_Decision(record, events, opens))
         assert isinstance(recorded, Recorded)  # noqa: S101 - a decision's future gets its Recorded
         return recorded
 
@@ -162,16 +168,18 @@ class GroupCommitStore:
         marks: list[tuple[str, datetime]] = []
         receipts: list[ReceiptWrite] = []
         opens: list[tuple[str, str, str | None, datetime]] = []
+        item_opens: list[Sequence[tuple[str, str, str | None, datetime]]] = []
         for write in batch:
             if isinstance(write, _Decision):
                 decisions.append((write.record, write.events))
+                item_opens.append(write.opens)
             elif isinstance(write, _Mark):
                 marks.append((write.message_id, write.at))
             elif isinstance(write, ReceiptWrite):
                 receipts.append(write)
             else:
                 opens.extend(write.items)
-        written = await self.inner.write_batch(decisions, marks, receipts, opens)
+        written = await self.inner.write_batch(decisions, marks, receipts, opens, item_opens)
         recorded = iter(written.recorded)
         flags = iter(written.receipts)
         results: list[_Result] = []

@@ -104,13 +104,18 @@ class Store(Protocol):
     """Durable broker state. Every method commits before it returns."""
 
     async def record_decision(
-        self, record: MessageRecord, events: Sequence[StatusEvent]
+        self,
+        record: MessageRecord,
+        events: Sequence[StatusEvent],
+        opens: Sequence[tuple[str, str, str | None, datetime]] = (),
     ) -> Recorded:
         """Insert the message and its first events, unless its id exists.
 
         If a message with this id is already stored, nothing is written and
         the stored record is returned with ``created=False``: the id is unique,
-        so a redelivered or replayed message is never decided twice.
+        so a redelivered or replayed message is never decided twice. ``opens``
+        are the deadlines ``(message id, rule, agency or None, due at)`` its
+        acceptance opens, opened with it only if this call created it.
         """
         ...
 

@@ -376,7 +376,8 @@ class BrokerService:
             legal_ref=route.decision.legal_ref,
         )
         accepted = self._broker_event(header.id, None, "accepted", now)
-        recorded = await self.store.record_decision(record, [accepted])
+        # Its deadlines open in the transaction that records the decision.
+        recorded = await self.store.record_decision(record, [accepted], self._deadlines_of(record))
         failpoint("broker.after_record")
         stored = recorded.record
         summary_extra: dict[str, object] = {"message_id": header.id, "sender": header.sender.agency}
@@ -403,12 +404,10 @@ class BrokerService:
             )
             return header.kind.value, "rejected", {**summary_extra, "redelivered": True}
         self._remember(stored)  # accepted: a rejected one was answered above
-        if self.watchdog is not None:
-            opened = self.watchdog.plan_accepted(stored).open
-            # Idempotent: a redelivered message opens each deadline once.
-            await self.store.open_deadlines(
-                [(d.message_id, d.rule, d.agency, d.due_at) for d in opened]
-            )
+        if not recorded.created:
+            # Decided before (a redelivery): open what it opens, should the watchdog have
+            # been off then. Idempotent: each deadline opens once.
+            await self.store.open_deadlines(self._deadlines_of(stored))
         if stored.routed_at is None:
             await asyncio.gather(
                 *(self._publish_envelope(route, agency) for agency in stored.recipients)
@@ -518,6 +517,15 @@ class BrokerService:
         else:
             extra["unanswered"] = True
         return kind, "rejected", extra
+
+    def _deadlines_of(self, record: MessageRecord) -> list[tuple[str, str, str | None, datetime]]:
+        """The deadlines an accepted message opens (none without a watchdog)."""
+        if self.watchdog is None:
+            return []
+        return [
+            (d.message_id, d.rule, d.agency, d.due_at)
+            for d in self.watchdog.plan_accepted(record).open
+        ]
 
     def _remember(self, record: MessageRecord) -> None:
         """Keep an accepted message's record for the receipts that will come for it."""

@@ -809,14 +809,18 @@ class SqlStore:
         return sqlite.insert(table)
 
     async def record_decision(
-        self, record: MessageRecord, events: Sequence[StatusEvent]
+        self,
+        record: MessageRecord,
+        events: Sequence[StatusEvent],
+        opens: Sequence[tuple[str, str, str | None, datetime]] = (),
     ) -> Recorded:
         """Insert the message, its recipients and first events, unless its id exists.
 
         Race-safe across broker instances: the primary key decides which insert
         wins, and the loser reads back the winner's record (``created=False``).
+        ``opens`` (its deadlines) are opened with it if this call created it.
         """
-        (recorded,) = await self.record_decisions([(record, events)])
+        (recorded,) = (await self.write_batch([(record, events)], [], item_opens=[opens])).recorded
         return recorded
 
     async def record_decisions(
@@ -835,9 +839,12 @@ class SqlStore:
         marks: Sequence[tuple[str, datetime]],
         receipts: Sequence[ReceiptWrite] = (),
         opens: Sequence[tuple[str, str, str | None, datetime]] = (),
+        item_opens: Sequence[Sequence[tuple[str, str, str | None, datetime]]] = (),
     ) -> BatchWritten:
         """``record_decisions(items)``, ``mark_routed_many(marks)``, ``record_receipt`` of
-        each of ``receipts`` and ``open_deadlines(opens)``, in one transaction.
+        each of ``receipts`` and ``open_deadlines(opens)``, in one transaction; and
+        ``item_opens[i]``, the deadlines of ``items[i]``, if that item created its message
+        (one stored before, or replayed with other bytes, opens nothing).
 
         The broker's group commit: the decisions of new messages, the routed
         marks of earlier ones and the receipts for them share one commit and
@@ -846,6 +853,8 @@ class SqlStore:
         brokers writing overlapping batches (a redelivery) wait for each other
         instead of deadlocking.
         """
+        if item_opens and len(item_opens) != len(items):
+            raise ValueError("item_opens, if given, has one entry per item")
         for record, events in items:
             if len(set(record.recipients)) != len(record.recipients):
                 raise ValueError("a recipient is listed twice")
@@ -858,7 +867,18 @@ class SqlStore:
                 routed = await self._mark_unrouted(conn, marks)
                 written, receipted = await self._record_receipts(conn, receipts)
                 recorded = await self._record_many(conn, items, [*routed, *receipted])
-                opened = await self._open_deadlines(conn, opens)
+                opened = await self._open_deadlines(
+                    conn,
+                    [
+                        *opens,
+                        *(
+                            deadline
+                            for result, deadlines in zip(recorded, item_opens, strict=False)
+                            if result.created
+                            for deadline in deadlines
+                        ),
+                    ],
+                )
         return BatchWritten(recorded=recorded, receipts=written, opened=opened)
 
     async def record_receipt(self, write: ReceiptWrite) -> bool:

@@ -380,7 +380,10 @@ class NoMessages:
         self.audit: list[AuditEntry] = []
 
     async def record_decision(
-        self, record: MessageRecord, events: Sequence[StatusEvent]
+        self,
+        record: MessageRecord,
+        events: Sequence[StatusEvent],
+        opens: Sequence[tuple[str, str, str | None, datetime]] = (),
     ) -> Recorded:
         """Never called here."""
         raise NotImplementedError

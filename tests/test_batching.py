@@ -60,11 +60,12 @@ class _Counting(SqlStore):
         marks: Sequence[tuple[str, datetime]],
         receipts: Sequence[ReceiptWrite] = (),
         opens: Sequence[tuple[str, str, str | None, datetime]] = (),
+        item_opens: Sequence[Sequence[tuple[str, str, str | None, datetime]]] = (),
     ) -> BatchWritten:
         self.batches.append(len(items))
         self.shapes.append((len(items), len(marks)))
         self.receipts.append(len(receipts))
-        return await super().write_batch(items, marks, receipts, opens)
+        return await super().write_batch(items, marks, receipts, opens, item_opens)
 
 
 async def test_concurrent_decisions_share_transactions(store: SqlStore) -> None:
@@ -157,6 +158,7 @@ class _Failing:
         marks: Sequence[tuple[str, datetime]],
         receipts: Sequence[ReceiptWrite] = (),
         opens: Sequence[tuple[str, str, str | None, datetime]] = (),
+        item_opens: Sequence[Sequence[tuple[str, str, str | None, datetime]]] = (),
     ) -> BatchWritten:
         await asyncio.sleep(0)
         raise ConnectionError("database away")
@@ -325,3 +327,23 @@ async def test_receipts_touching_distinct_deadlines_apply_them_all_together(
     assert sorted((m.message_id, m.rule) for m in matters) == sorted(
         (r.message_id, "answer") for r in records
     )
+
+
+async def test_a_decision_opens_its_deadlines_only_if_it_created_the_message(
+    store: SqlStore,
+) -> None:
+    """The first of two decisions on one id opens its deadline; the replay with other
+    bytes, in the same batch or later, opens none of its own."""
+    grouped = GroupCommitStore(store)
+    record = _record(40)
+    forged = replace(record, digest="f" * 64, recipients=("polis",))
+    due = T0 + timedelta(days=1)
+    first, second = await asyncio.gather(
+        grouped.record_decision(
+            record, [_accepted(record)], [(record.message_id, "d", "soc", due)]
+        ),
+        grouped.record_decision(forged, [], [(record.message_id, "d", "polis", due)]),
+    )
+    assert (first.created, second.created) == (True, False)
+    await grouped.record_decision(forged, [], [(record.message_id, "d2", "polis", due)])
+    assert [(m.rule, m.agency) for m in await store.open_matters()] == [("d", "soc")]

@@ -390,8 +390,10 @@ class _CrashAfterCommit:
         self.inner = inner
         self.crashed = asyncio.Event()
 
-    async def record_decision(self, record: MessageRecord, events: Any) -> Recorded:
-        return await self.inner.record_decision(record, events)
+    async def record_decision(
+        self, record: MessageRecord, events: Any, opens: Any = ()
+    ) -> Recorded:
+        return await self.inner.record_decision(record, events, opens)
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
         return await self.inner.get_message(message_id)
@@ -459,11 +461,13 @@ class _PoisonStore(_CrashAfterCommit):
         self.crashed.set()
         self.attempts = 0
 
-    async def record_decision(self, record: MessageRecord, events: Any) -> Recorded:
+    async def record_decision(
+        self, record: MessageRecord, events: Any, opens: Any = ()
+    ) -> Recorded:
         if record.message_id == self.poison:
             self.attempts += 1
             raise RuntimeError("a bug that fails this message every time")
-        return await self.inner.record_decision(record, events)
+        return await self.inner.record_decision(record, events, opens)
 
 
 async def test_a_poison_message_is_dead_lettered_and_answered(

@@ -83,9 +83,12 @@ class MemoryStore:
     audit: list[AuditEntry] = field(default_factory=list)
 
     async def record_decision(
-        self, record: MessageRecord, events: Sequence[StatusEvent]
+        self,
+        record: MessageRecord,
+        events: Sequence[StatusEvent],
+        opens: Sequence[tuple[str, str, str | None, datetime]] = (),
     ) -> Recorded:
-        """Insert unless the id exists."""
+        """Insert unless the id exists (no deadlines are kept here)."""
         self.calls.append("record_decision")
         stored = self.messages.get(record.message_id)
         if stored is not None:
