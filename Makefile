@@ -49,7 +49,7 @@ pytest: venv
 bench-state: venv postgres
 	$(BIN)/python -m bench.state_scale
 
-# The full round trip runs long (it is CPU-bound at about 20 messages a second here):
+# The full round trip runs long (it is CPU-bound at about 110 messages a second here):
 # ROUND_TRIP_ARGS sets its counts (its own defaults: 100,000 for memory, 50,000 backlog).
 ROUND_TRIP_ARGS ?= --memory-messages 20000 --backlog 20000
 bench: venv
