@@ -32,8 +32,9 @@ def test_the_round_trip_benchmark_runs_and_reports(
     last = capsys.readouterr().out.strip().splitlines()[-1]
     figures = json.loads(last)
     assert figures == json.loads(out.read_text(encoding="utf-8"))
-    # One max-rate run and the half-load run, each of MESSAGES.
-    through = 2 * MESSAGES
+    # One max-rate run and the half-load run, each of MESSAGES, and the light-load run.
+    light = max(MESSAGES // 4, 20)
+    through = 2 * MESSAGES + light
     assert figures["messages_through_round_trip"] == through
     assert figures["delivered_receipts_at_sender"] == through
     assert figures["handed_over_receipts_at_sender"] == through
@@ -46,6 +47,8 @@ def test_the_round_trip_benchmark_runs_and_reports(
     assert figures["raw_msgs_per_s"] > figures["round_trip_msgs_per_s"] > 0
     assert 0 < figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"]
     assert figures["half_load_msgs_per_s"] > 0
+    assert figures["light_load_latency_ms"]["samples_to_delivered"] == light
+    assert 0 < figures["light_load_msgs_per_s"] < figures["half_load_msgs_per_s"]
     assert figures["memory"] == {"round_trip": None, "broker_hop": None}
     assert figures["cpu_count"] == os.cpu_count()
     assert figures["rabbitmq"]
