@@ -11,7 +11,7 @@ under the agency's own protection, like the agency system's database).
 
 The hot paths (a received message stored, a hand-over settled, a receipt
 recorded, an outbox item marked sent) go through one group commit
-(``adapters.batching``): concurrent calls share a transaction, each set-based
+(``keys.group_commit``): concurrent calls share a transaction, each set-based
 (one statement per table for the batch, ``ON CONFLICT DO NOTHING`` for the
 de-duplication) and each caller still returns only after its write is
 committed.
@@ -34,7 +34,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from adapters.batching import GroupCommit
+from keys.group_commit import GroupCommit
 
 #: Bumped when the schema changes; a file of another version is refused at start.
 SCHEMA_VERSION: Final = 1

@@ -1,32 +1,29 @@
-"""Group commit: concurrent decisions share one database transaction.
+"""Group commit for the broker: concurrent decisions, routed marks and receipts share one
+database transaction (``keys.group_commit``).
 
 The broker handles many ingress messages at once (the prefetch), and each
 must be committed before it is routed and again (as routed) before it is
-acked. One transaction per call costs a commit each (SQLite serialises them
-on its single writer; PostgreSQL pays a round trip each); measured on this
-project's 2-core machine that capped the broker hop near 100 messages per
-second. ``GroupCommitStore`` queues the calls that arrive while a commit is
-in progress and writes them together in the next one: no timer, no added
-latency when idle, and every caller still returns only after its own data is
-committed, so "ack only after the durable write" holds unchanged. Decisions,
-routed marks, receipts and the deadlines they open share one queue, so under
-load one commit (and one audit append) serves them all.
+acked; each receipt a recipient sends back is committed before it is
+relayed. One transaction per call capped the broker hop near 100 messages
+per second on this project's 2-core machine. Decisions, routed marks,
+receipts and the deadlines they open share one queue, so under load one
+commit (and one audit append) serves them all. A batch that fails for one
+write's fault is written again write by write (so one bad write fails only
+its caller); one that fails because the database is away fails every caller
+in it, who hold their messages and retry.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from broker.records import MessageRecord, ReceiptWrite, Recorded, StatusEvent, Store
-from broker.store import BatchWritten
+from broker.errors import Unavailable
+from broker.records import BatchWritten, MessageRecord, ReceiptWrite, Recorded, StatusEvent, Store
+from keys.group_commit import MAX_BATCH, GroupCommit
 from schemas.audit import AuditEntry
-
-#: Most calls written in one transaction (bounds statement size and latency).
-MAX_BATCH = 256
 
 
 class BulkStore(Store, Protocol):
@@ -83,9 +80,9 @@ class GroupCommitStore:
     def __init__(self, inner: BulkStore, *, max_batch: int = MAX_BATCH) -> None:
         """Wrap ``inner``; reads and rare writes go straight through to it."""
         self.inner = inner
-        self.max_batch = max_batch
-        self._pending: list[tuple[_Write, asyncio.Future[_Result]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._group: GroupCommit[_Write, _Result] = GroupCommit(
+            self._write, max_batch=max_batch, isolate=_one_writes_fault
+        )
 
     async def record_decision(
         self,
@@ -139,28 +136,7 @@ class GroupCommitStore:
         await self.inner.ping()
 
     async def _submit(self, write: _Write) -> _Result:
-        future: asyncio.Future[_Result] = asyncio.get_running_loop().create_future()
-        self._pending.append((write, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        while self._pending:
-            batch = self._pending[: self.max_batch]
-            del self._pending[: self.max_batch]
-            try:
-                results = await self._write([write for write, _future in batch])
-            except BaseException as exc:  # every waiter learns what happened to its write
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
-            for (_write, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+        return await self._group.submit(write)
 
     async def _write(self, batch: Sequence[_Write]) -> list[_Result]:
         """Write ``batch`` in one transaction; each write's result, in order."""
@@ -193,3 +169,8 @@ class GroupCommitStore:
             else:
                 results.append(None)
         return results
+
+
+def _one_writes_fault(exc: Exception) -> bool:
+    """Whether a failed batch may be one write's fault: not when the database is away."""
+    return not isinstance(exc, Unavailable | ConnectionError | OSError | TimeoutError)

@@ -100,6 +100,15 @@ class Recorded:
     created: bool
 
 
+@dataclass(frozen=True, slots=True)
+class BatchWritten:
+    """What one group-commit transaction (``SqlStore.write_batch``) did."""
+
+    recorded: list[Recorded]  # one per decision, in order
+    receipts: list[bool]  # one per receipt, in order: written (False: its id was stored)
+    opened: int  # deadlines opened
+
+
 class Store(Protocol):
     """Durable broker state. Every method commits before it returns."""
 

@@ -35,7 +35,7 @@ import hashlib
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -53,7 +53,14 @@ from broker.audit import entry as audit_entry
 from broker.audit import merkle
 from broker.deadlines import Plan
 from broker.errors import Unavailable
-from broker.records import MessageRecord, Outcome, ReceiptWrite, Recorded, StatusEvent
+from broker.records import (
+    BatchWritten,
+    MessageRecord,
+    Outcome,
+    ReceiptWrite,
+    Recorded,
+    StatusEvent,
+)
 from schemas.audit import AuditEntry
 
 __all__ = [
@@ -772,15 +779,6 @@ async def _team_of(conn: AsyncConnection, child: str) -> tuple[list[str], list[s
     ).scalars()
     members = list(dict.fromkeys(a for a in accepted if a is not None))
     return members, list(dict.fromkeys(row.sender for row in sent))
-
-
-@dataclass(frozen=True, slots=True)
-class BatchWritten:
-    """What one ``SqlStore.write_batch`` transaction did."""
-
-    recorded: list[Recorded]  # one per decision, in order
-    receipts: list[bool]  # one per receipt, in order: written (False: its id was stored)
-    opened: int  # deadlines opened
 
 
 class SqlStore:

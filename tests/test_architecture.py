@@ -32,6 +32,7 @@ PURE = [
     "keys/signed.py",
     "keys/directory.py",
     "keys/policy.py",
+    "keys/group_commit.py",
     "schemas/policy.py",
     "broker/batching.py",
     "broker/topology.py",

@@ -12,8 +12,8 @@ import pytest
 from broker.audit.log import log_size
 from broker.batching import GroupCommitStore
 from broker.deadlines import CloseDeadline, OpenDeadline, Plan
-from broker.records import MessageRecord, Outcome, ReceiptWrite, Recorded, StatusEvent
-from broker.store import BatchWritten, SqlStore
+from broker.records import BatchWritten, MessageRecord, Outcome, ReceiptWrite, Recorded, StatusEvent
+from broker.store import SqlStore
 from tests.support import CHILD, T0
 
 
@@ -150,7 +150,10 @@ async def test_decisions_and_routed_marks_share_a_commit(store: SqlStore) -> Non
 
 
 class _Failing:
-    """A bulk store whose every write fails."""
+    """A bulk store whose every write fails, as when the database is away."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
 
     async def write_batch(
         self,
@@ -160,18 +163,22 @@ class _Failing:
         opens: Sequence[tuple[str, str, str | None, datetime]] = (),
         item_opens: Sequence[Sequence[tuple[str, str, str | None, datetime]]] = (),
     ) -> BatchWritten:
+        self.attempts += 1
         await asyncio.sleep(0)
         raise ConnectionError("database away")
 
 
 async def test_a_failed_commit_fails_every_caller_in_it() -> None:
-    """No caller of a failed batch believes its decision was stored."""
-    grouped = GroupCommitStore(_Failing())  # type: ignore[arg-type] # only write_batch is used
+    """No caller of a failed batch believes its decision was stored; the database being
+    away is not one write's fault, so the batch is not tried again write by write."""
+    failing = _Failing()
+    grouped = GroupCommitStore(failing)  # type: ignore[arg-type] # only write_batch is used
     records = [_record(i) for i in range(10)]
     results = await asyncio.gather(
         *(grouped.record_decision(r, []) for r in records), return_exceptions=True
     )
     assert all(isinstance(result, ConnectionError) for result in results)
+    assert failing.attempts == 1
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -347,3 +354,20 @@ async def test_a_decision_opens_its_deadlines_only_if_it_created_the_message(
     assert (first.created, second.created) == (True, False)
     await grouped.record_decision(forged, [], [(record.message_id, "d2", "polis", due)])
     assert [(m.rule, m.agency) for m in await store.open_matters()] == [("d", "soc")]
+
+
+async def test_one_bad_write_fails_only_its_caller(store: SqlStore) -> None:
+    """A decision the store refuses (a recipient listed twice) fails alone; its batch's
+    other decisions are written all the same."""
+    grouped = GroupCommitStore(store)
+    good = [_record(i) for i in range(50, 55)]
+    bad = replace(_record(55), recipients=("soc", "soc"))
+    results = await asyncio.gather(
+        *(grouped.record_decision(r, [_accepted(r)]) for r in [*good[:2], bad, *good[2:]]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[2], ValueError)
+    assert [r.created for r in results if isinstance(r, Recorded)] == [True] * 5
+    for record in good:
+        assert await store.get_message(record.message_id) is not None
+    assert await store.get_message(bad.message_id) is None

@@ -1,18 +1,22 @@
-"""Group commit for the adapter's store: concurrent writes share one transaction.
+"""Group commit: concurrent writes share one database transaction.
 
-The adapter's SQLite file commits with ``synchronous=FULL``, so every
-transaction is an fsync, and its one pooled connection serialises them. The
-consumer handles up to a prefetch of messages at once, each of which must be
-committed before its ack; one transaction each made the commit, not the work,
-the adapter's cost per message. :class:`GroupCommit` (as ``broker.batching``
-does for the broker) queues the writes that arrive while a transaction is in
-progress and writes them together in the next one: no timer, no added latency
-when idle, and every caller returns only after its own write is committed, so
-"ack only after the durable write" holds unchanged.
+The broker and the adapters handle many messages at once (the prefetch), and
+each must be committed before it is acked. One transaction per write made
+the commit, not the work, the cost per message (SQLite serialises commits on
+its one writer and the adapters sync each to disk; PostgreSQL pays a round
+trip each). :class:`GroupCommit` queues the writes that arrive while a
+transaction is in progress and writes them together in the next one: no
+timer, no added latency when idle, and every caller returns only after its
+own write is committed, so "ack only after the durable write" holds
+unchanged.
 
 Must never: return to a caller before its own write is committed, or let one
 failing write fail the others: a batch that fails is written again one write
-per transaction, so that every caller gets the outcome of its own write.
+per transaction (unless the failure is one that would fail each of them
+alike, such as the database being away), so that every caller gets the
+outcome of its own write.
+
+Pure: asyncio only; the store's write function does the I/O.
 """
 
 from __future__ import annotations
@@ -34,10 +38,22 @@ WriteMany = Callable[[Sequence[W]], Awaitable[Sequence[R]]]
 class GroupCommit(Generic[W, R]):
     """Writes queued while a transaction is in progress share the next transaction."""
 
-    def __init__(self, write: WriteMany[W, R], *, max_batch: int = MAX_BATCH) -> None:
-        """Commit with ``write``, at most ``max_batch`` items per transaction."""
+    def __init__(
+        self,
+        write: WriteMany[W, R],
+        *,
+        max_batch: int = MAX_BATCH,
+        isolate: Callable[[Exception], bool] = lambda _exc: True,
+    ) -> None:
+        """Commit with ``write``, at most ``max_batch`` items per transaction.
+
+        A batch that fails with an error for which ``isolate`` is true is
+        written again item by item; any other error (the database away) goes
+        to every caller in the batch as it is.
+        """
         self._write = write
         self.max_batch = max_batch
+        self._isolate = isolate
         self._pending: list[tuple[W, asyncio.Future[R]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -51,7 +67,7 @@ class GroupCommit(Generic[W, R]):
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain(), name="adapter-group-commit")
+            self._writer = asyncio.create_task(self._drain(), name="group-commit")
         return await future
 
     async def idle(self) -> None:
@@ -80,7 +96,7 @@ class GroupCommit(Generic[W, R]):
             _settle_all(batch, exc)
             raise
         except Exception as exc:  # noqa: BLE001 - every waiter learns what happened to its write
-            if len(batch) == 1:
+            if len(batch) == 1 or not self._isolate(exc):
                 _settle_all(batch, exc)
                 return
             # One write's fault (a constraint, a bad value) must not fail the
