@@ -45,9 +45,9 @@ from adapters.mappings.json_forms_common import (
     swedish_kind,
     swedish_purpose,
 )
-from adapters.mappings.police import _REFERENCE as POLICE_REFERENCE
-from adapters.mappings.police import _SPEC as POLICE_SPEC
-from adapters.mappings.school import _SPECS as SCHOOL_SPECS
+from adapters.mappings.police import REFERENCE as POLICE_REFERENCE
+from adapters.mappings.police import SPEC as POLICE_SPEC
+from adapters.mappings.school import SPECS as SCHOOL_SPECS
 from schemas.common import AgencyId, ChildPseudonym, MessageId, StaffId
 from schemas.content import (
     ConcernReport,

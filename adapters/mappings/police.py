@@ -49,11 +49,13 @@ __all__ = ["CONCERN_REPORT_BASIS", "POLICE_JSON", "PoliceJsonMapping"]
 CONCERN_REPORT_BASIS: Final = "osl-10-28"
 
 #: The police's own reference for a report (a diarienummer, say).
-_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:-]{0,63}")
+REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:-]{0,63}")
 
 _KINDS: Final = (Kind.CONCERN_REPORT,)
 
-_SPEC: FormSpec = {
+#: The police form's fields and their places in the canonical submission (also read by
+#: ``adapters.openapi`` for the agency API's schema).
+SPEC: FormSpec = {
     "typ": FormField(("kind",), values={"orosanmalan": Kind.CONCERN_REPORT.value}),
     "mottagare": FormField(("recipients",)),
     "lagrum": FormField(("basis", "ref")),
@@ -77,7 +79,7 @@ class PoliceJsonMapping(CanonicalJsonMapping):
         document = dict(body)
         reference = document.pop("anmalan_id", None)
         if reference is not None and not (
-            isinstance(reference, str) and _REFERENCE.fullmatch(reference)
+            isinstance(reference, str) and REFERENCE.fullmatch(reference)
         ):
             problems.add_named(
                 FieldProblem(
@@ -85,7 +87,7 @@ class PoliceJsonMapping(CanonicalJsonMapping):
                     "must be 1 to 64 letters, digits or . _ / : - (from a letter or digit)",
                 )
             )
-        canonical = to_canonical(_SPEC, document, problems)
+        canonical = to_canonical(SPEC, document, problems)
         # Whatever typ said (a wrong one is already a problem), the content is a
         # concern report and is checked as one, so that every problem shows at once.
         canonical["kind"] = Kind.CONCERN_REPORT.value
@@ -96,7 +98,7 @@ class PoliceJsonMapping(CanonicalJsonMapping):
         # A reporter must never be held up by having to classify a concern first.
         canonical.setdefault("content", {}).setdefault("need_areas", [])
         return parse_canonical(
-            canonical, today=today, kinds=_KINDS, paths=FormPaths(_SPEC), problems=problems
+            canonical, today=today, kinds=_KINDS, paths=FormPaths(SPEC), problems=problems
         )
 
     def render_submission(self, submission: Submission) -> dict[str, Any]:
@@ -110,7 +112,7 @@ class PoliceJsonMapping(CanonicalJsonMapping):
             or submission.purpose is not Purpose.CONCERN
         ):
             raise ValueError("the police form holds concern reports on a legal basis only")
-        return from_canonical(_SPEC, CANONICAL_JSON.render_submission(submission))
+        return from_canonical(SPEC, CANONICAL_JSON.render_submission(submission))
 
 
 #: The police form.

@@ -81,7 +81,8 @@ _RESPONSE_ENVELOPE: FormSpec = {
     "svar_pa": FormField(("in_reply_to",), also=(("content", "invitation_id"),)),
 }
 
-_SPECS: Mapping[Kind, FormSpec] = {
+#: Each kind's form fields (also read by ``adapters.openapi`` for the agency API's schema).
+SPECS: Mapping[Kind, FormSpec] = {
     kind: {
         **(_RESPONSE_ENVELOPE if kind is Kind.TEAM_RESPONSE else _ENVELOPE),
         **swedish_content(kind, child_key=_CHILD_KEY),
@@ -92,7 +93,7 @@ _SPECS: Mapping[Kind, FormSpec] = {
 # Used when typ is missing or unknown: every field of every type is known, so
 # the one real problem (typ) is not buried under "is not a field" for the rest.
 _ANY_KIND: FormSpec = {
-    **{name: spec_field for spec in _SPECS.values() for name, spec_field in spec.items()},
+    **{name: spec_field for spec in SPECS.values() for name, spec_field in spec.items()},
     **_ENVELOPE,
 }
 
@@ -110,7 +111,7 @@ class SchoolFormMapping:
             raise InvalidSubmission([FieldProblem(format_loc(()), "must be a JSON object")])
         typ = body.get("typ")
         kind = Kind(KIND_SV[typ]) if isinstance(typ, str) and typ in KIND_SV else None
-        spec = _SPECS[kind] if kind is not None else _ANY_KIND
+        spec = SPECS[kind] if kind is not None else _ANY_KIND
         problems = Problems()
         canonical = to_canonical(spec, body, problems)
         _complete_basis(canonical, problems)
@@ -161,7 +162,7 @@ class SchoolFormMapping:
 
     def render_submission(self, submission: Submission) -> dict[str, Any]:
         """The elevhälsa form that submits ``submission`` (docs examples, tests)."""
-        return from_canonical(_SPECS[submission.kind], CANONICAL_JSON.render_submission(submission))
+        return from_canonical(SPECS[submission.kind], CANONICAL_JSON.render_submission(submission))
 
 
 def _complete_basis(canonical: dict[str, Any], problems: Problems) -> None:
