@@ -451,12 +451,15 @@ def _async_url(url: str | URL) -> URL:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers proceed during a write; NORMAL is durable in WAL mode
-    # except for the last transactions on power loss, never corrupting.
+    # WAL lets readers proceed during a write. FULL syncs every commit: NORMAL
+    # could lose the last commits on power loss, after RabbitMQ was acked and
+    # after a signed checkpoint covered their audit entries (a shorter log than
+    # a signed checkpoint reads as tampering). Under group commit a sync is
+    # shared by a whole batch.
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
     finally:

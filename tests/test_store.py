@@ -471,3 +471,13 @@ async def test_unreachable_database_raises_store_unavailable(unreachable_url: st
         assert (error.code, error.http_status) == ("store_unavailable", 503)
         assert "s3cret-pw" not in f"{error} {error!r} {error.detail}"
         assert error.__cause__ is not None
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sqlite_commits_are_synced_and_written_ahead(store: SqlStore) -> None:
+    """WAL, and every commit synced (``FULL``): a power loss loses no committed decision
+    or audit entry that a signed checkpoint may already cover."""
+    async with store.engine.connect() as conn:
+        assert await conn.scalar(sa.text("PRAGMA journal_mode")) == "wal"
+        assert await conn.scalar(sa.text("PRAGMA synchronous")) == 2  # FULL
+        assert await conn.scalar(sa.text("PRAGMA foreign_keys")) == 1
