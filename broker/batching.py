@@ -56,22 +56,17 @@ class _Mark:
     at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class _Opens:
-    items: Sequence[tuple[str, str, str | None, datetime]]
-
-
 #: One call waiting for the next transaction.
-_Write = _Decision | _Mark | ReceiptWrite | _Opens
-#: What its caller gets back: a decision's ``Recorded``, a receipt's written flag, the
-#: batch's count of opened deadlines, or None (a routed mark).
-_Result = Recorded | bool | int | None
+_Write = _Decision | _Mark | ReceiptWrite
+#: What its caller gets back: a decision's ``Recorded``, a receipt's written flag, or
+#: None (a routed mark).
+_Result = Recorded | bool | None
 
 
 class GroupCommitStore:
     """A ``Store`` whose writes on the hot path are committed in shared transactions.
 
-    Decisions, routed marks, receipts and deadline openings wait in one queue
+    Decisions (with their deadlines), routed marks and receipts wait in one queue
     and share each commit: under load a transaction records the decisions of
     new messages, marks earlier ones routed and records the receipts for
     still earlier ones, one commit and one audit append for them all.
@@ -104,16 +99,9 @@ class GroupCommitStore:
         return bool(await self._submit(write))
 
     async def open_deadlines(self, items: Sequence[tuple[str, str, str | None, datetime]]) -> int:
-        """Queue the deadlines for the next shared commit; how many of the batch's were new.
-
-        The count is the whole batch's (the broker does not use it): a caller
-        that needs its own count calls the inner store.
-        """
-        if not items:
-            return 0
-        opened = await self._submit(_Opens(items))
-        assert isinstance(opened, int)  # noqa: S101 - an opening's future gets the count
-        return opened
+        """Straight through: an accepted message's deadlines open with its decision; this
+        is the rare repeat for a redelivered one."""
+        return await self.inner.open_deadlines(items)
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
         """Read through to the inner store."""
@@ -143,7 +131,6 @@ class GroupCommitStore:
         decisions: list[tuple[MessageRecord, Sequence[StatusEvent]]] = []
         marks: list[tuple[str, datetime]] = []
         receipts: list[ReceiptWrite] = []
-        opens: list[tuple[str, str, str | None, datetime]] = []
         item_opens: list[Sequence[tuple[str, str, str | None, datetime]]] = []
         for write in batch:
             if isinstance(write, _Decision):
@@ -151,11 +138,9 @@ class GroupCommitStore:
                 item_opens.append(write.opens)
             elif isinstance(write, _Mark):
                 marks.append((write.message_id, write.at))
-            elif isinstance(write, ReceiptWrite):
-                receipts.append(write)
             else:
-                opens.extend(write.items)
-        written = await self.inner.write_batch(decisions, marks, receipts, opens, item_opens)
+                receipts.append(write)
+        written = await self.inner.write_batch(decisions, marks, receipts, item_opens=item_opens)
         recorded = iter(written.recorded)
         flags = iter(written.receipts)
         results: list[_Result] = []
@@ -164,8 +149,6 @@ class GroupCommitStore:
                 results.append(next(recorded))
             elif isinstance(write, ReceiptWrite):
                 results.append(next(flags))
-            elif isinstance(write, _Opens):
-                results.append(written.opened)
             else:
                 results.append(None)
         return results
