@@ -792,31 +792,36 @@ async def _submit_many(
     return results
 
 
+async def _insert_firsts(
+    conn: AsyncConnection, key: sa.Column[Any], rows: Sequence[dict[str, Any]]
+) -> list[bool]:
+    """Insert each row whose ``key`` is not stored yet, in one statement; True for each
+    row inserted. Of two rows with one key, the first is the one inserted."""
+    first: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        first.setdefault(row[key.name], row)
+    if not first:
+        return []
+    inserted = set(
+        (
+            await conn.execute(
+                sqlite.insert(key.table)
+                .on_conflict_do_nothing(index_elements=[key])
+                .returning(key),
+                list(first.values()),
+            )
+        ).scalars()
+    )
+    return [row[key.name] in inserted and first[row[key.name]] is row for row in rows]
+
+
 async def _store_many(conn: AsyncConnection, writes: Sequence[_Received]) -> list[bool]:
     """Insert the inbox rows not stored yet, with their receipts; True for each one inserted.
 
     The first write of a message id inserts it; a later one in the batch, like
     one of an id stored before, is a duplicate (False, and no receipt).
     """
-    first: dict[str, _Received] = {}
-    for write in writes:
-        first.setdefault(write.row["message_id"], write)
-    if not first:
-        return []
-    inserted = set(
-        (
-            await conn.execute(
-                sqlite.insert(inbox)
-                .on_conflict_do_nothing(index_elements=[inbox.c.message_id])
-                .returning(inbox.c.message_id),
-                [write.row for write in first.values()],
-            )
-        ).scalars()
-    )
-    created = [
-        write.row["message_id"] in inserted and first[write.row["message_id"]] is write
-        for write in writes
-    ]
+    created = await _insert_firsts(conn, inbox.c.message_id, [w.row for w in writes])
     await _queue_receipts(
         conn,
         [
@@ -881,26 +886,13 @@ async def _record_events(conn: AsyncConnection, writes: Sequence[_Event]) -> lis
             )
         ).scalars()
     )
-    first: dict[str, _Event] = {}
-    for write in writes:
-        if write.row["message_id"] in known:
-            first.setdefault(write.row["receipt_id"], write)
-    inserted: set[str] = set()
-    if first:
-        inserted = set(
-            (
-                await conn.execute(
-                    sqlite.insert(sent_events)
-                    .on_conflict_do_nothing(index_elements=[sent_events.c.receipt_id])
-                    .returning(sent_events.c.receipt_id),
-                    [write.row for write in first.values()],
-                )
-            ).scalars()
+    rows = [write.row for write in writes]
+    inserted = iter(
+        await _insert_firsts(
+            conn, sent_events.c.receipt_id, [r for r in rows if r["message_id"] in known]
         )
-    return [
-        write.row["receipt_id"] in inserted and first[write.row["receipt_id"]] is write
-        for write in writes
-    ]
+    )
+    return [row["message_id"] in known and next(inserted) for row in rows]
 
 
 async def _mark_sent(conn: AsyncConnection, writes: Sequence[_Sent]) -> None:
